@@ -1,0 +1,1 @@
+"""Shared task modules: one per external system, plus pure domain modules."""

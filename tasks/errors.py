@@ -1,0 +1,61 @@
+"""The project's exception tree: one root, one leaf per failure an operator must tell apart."""
+
+
+class VibeOpsError(Exception):
+    """Root of every error raised by VibeBench Ops."""
+
+
+class ConfigurationError(VibeOpsError):
+    """A block, parameter or policy is invalid; the message names the field and the fix."""
+
+
+class ExternalCommandError(VibeOpsError):
+    """An external tool (mysqldump, mariadb, ...) exited non-zero."""
+
+
+class DatabaseUnreachable(VibeOpsError):
+    """The database server could not be reached (transient: retried)."""
+
+
+class DatabaseAuthError(VibeOpsError):
+    """The database refused the credentials (permanent: not retried)."""
+
+
+class DatabaseNotFound(VibeOpsError):
+    """The named database does not exist on the server."""
+
+
+class StorageError(VibeOpsError):
+    """A backup destination failed."""
+
+
+class DestinationMissing(StorageError):
+    """A bucket or folder that should exist does not."""
+
+
+class BackupVerificationError(VibeOpsError):
+    """A stored backup object does not match what was written."""
+
+
+class RestoreTargetRefused(VibeOpsError):
+    """A restore was asked to write into a database it must never touch."""
+
+
+class DrillFailed(VibeOpsError):
+    """A restore drill failed validation or missed an RTO/RPO target."""
+
+
+class RetentionPolicyInvalid(ConfigurationError):
+    """A retention rule would break a guard (audit logs, minimum copies, ...)."""
+
+
+class SmokeTestFailed(VibeOpsError):
+    """A smoke check against a deployed version failed."""
+
+
+class RolloutTimeoutError(VibeOpsError):
+    """A Kubernetes rollout did not become ready within its timeout."""
+
+
+class TenantNameInvalid(ConfigurationError):
+    """A tenant name is not an allowed DNS-1123 label."""
