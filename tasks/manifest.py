@@ -1,0 +1,140 @@
+"""The backup manifest and the object-key layout (pure: no I/O, no Prefect).
+
+A backup lives under `<kind>/<source>/<YYYY>/<MM>/<DD>/<backup-id>/`. Its data objects are
+written first; `manifest.json` is written last in each region and is the commit point: a
+prefix without a readable manifest is an incomplete backup that restores and retention skip.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+Codec = Literal["zstd", "gzip"]
+Engine = Literal["mysqldump", "mydumper", "physical"]
+
+
+class StoredObject(BaseModel):
+    """One data object of a backup, as written."""
+
+    name: str = Field(description="File name inside the backup's folder.")
+    size: int = Field(ge=0, description="Compressed size in bytes.")
+    sha256: str = Field(description="SHA-256 of the compressed bytes.")
+    uncompressed_size: int | None = Field(default=None, ge=0)
+
+
+class TableFacts(BaseModel):
+    """What the source table held at the backup's consistent point."""
+
+    rows: int = Field(ge=0)
+    checksum: int | None = Field(default=None, description="CHECKSUM TABLE value, if taken.")
+    engine: str | None = None
+
+
+class RegionCopy(BaseModel):
+    """Where one region holds the backup."""
+
+    region: str
+    uri: str = Field(description="Address of the backup's folder in that region.")
+
+
+class BackupManifest(BaseModel):
+    """Everything a restore, a drill or retention needs to know about one backup."""
+
+    format_version: int = FORMAT_VERSION
+    backup_id: str
+    kind: Literal["mysql", "mongodb", "influxdb"] = "mysql"
+    engine: Engine = "mysqldump"
+    source: str = Field(description="Logical source name (the key prefix).")
+    database: str = Field(description="Database that was backed up.")
+    server_version: str = ""
+    binlog_file: str | None = None
+    binlog_position: int | None = None
+    gtid: str | None = None
+    started_at: datetime
+    consistent_at: datetime = Field(description="The point in time the data reflects (RPO).")
+    finished_at: datetime
+    codec: Codec = "zstd"
+    objects: list[StoredObject]
+    tables: dict[str, TableFacts] = Field(default_factory=dict)
+    views: list[str] = Field(default_factory=list)
+    routines: list[str] = Field(default_factory=list)
+    regions: list[RegionCopy] = Field(default_factory=list)
+    tool_versions: dict[str, str] = Field(default_factory=dict)
+    restore_hints: dict[str, str | int] = Field(
+        default_factory=dict, description="Engine-specific facts a restore needs."
+    )
+    prefix: str = Field(description="Key prefix of the backup's folder (ends with '/').")
+
+    @property
+    def total_size(self) -> int:
+        return sum(obj.size for obj in self.objects)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(table.rows for table in self.tables.values())
+
+    def object_key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def manifest_key(self) -> str:
+        return f"{self.prefix}{MANIFEST_NAME}"
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode()
+
+
+def validate_source_name(source: str) -> str:
+    """Return `source` if it is usable in object keys, else raise ValueError naming the rule."""
+    if not SOURCE_NAME.match(source):
+        raise ValueError(
+            f"source {source!r} is not a valid name: use 1-64 letters, digits, '_', '.', '-' "
+            "starting with a letter or digit"
+        )
+    return source
+
+
+def new_backup_id(at: datetime) -> str:
+    """A backup id that sorts by time: `YYYYmmddTHHMMSSZ-<6 hex>`."""
+    return f"{at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def backup_prefix(kind: str, source: str, backup_id: str) -> str:
+    """The folder of one backup: `<kind>/<source>/<YYYY>/<MM>/<DD>/<backup-id>/`."""
+    if not BACKUP_ID.match(backup_id):
+        raise ValueError(f"backup id {backup_id!r} is not of the form YYYYmmddTHHMMSSZ-xxxxxx")
+    day = datetime.strptime(backup_id[:8], "%Y%m%d")
+    return f"{kind}/{source}/{day:%Y/%m/%d}/{backup_id}/"
+
+
+def source_prefix(kind: str, source: str) -> str:
+    return f"{kind}/{source}/"
+
+
+def backup_id_from_key(key: str) -> str | None:
+    """The backup id a key belongs to, or None if the key is not inside a backup folder."""
+    parts = key.split("/")
+    for part in parts:
+        if BACKUP_ID.match(part):
+            return part
+    return None
+
+
+def backup_time(backup_id: str) -> datetime:
+    """When a backup started, read from its id."""
+    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def parse_manifest(data: bytes) -> BackupManifest:
+    """Parse a manifest; raises pydantic.ValidationError on anything unreadable."""
+    return BackupManifest.model_validate_json(data)
