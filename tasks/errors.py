@@ -59,3 +59,15 @@ class RolloutTimeoutError(VibeOpsError):
 
 class TenantNameInvalid(ConfigurationError):
     """A tenant name is not an allowed DNS-1123 label."""
+
+
+class AlertPayloadInvalid(VibeOpsError):
+    """An Alertmanager webhook body is malformed; the message names the field (relay answers 400)."""
+
+
+class EventDeliveryError(VibeOpsError):
+    """The relay could not post events to the Prefect API (transient: Alertmanager retries)."""
+
+
+class IncidentRunbookFailed(VibeOpsError):
+    """An alert-started runbook could not repair what the alert reported."""
