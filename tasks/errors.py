@@ -71,3 +71,23 @@ class EventDeliveryError(VibeOpsError):
 
 class IncidentRunbookFailed(VibeOpsError):
     """An alert-started runbook could not repair what the alert reported."""
+
+
+class TenantStepFailed(VibeOpsError):
+    """A provisioning step failed; this run's changes were rolled back (the message names the step)."""
+
+
+class TenantSqlError(VibeOpsError):
+    """A tenant database/user statement failed (the message never carries a password)."""
+
+
+class TenantUnknown(ConfigurationError):
+    """The tenants registry does not know this tenant (or it is already deprovisioned)."""
+
+
+class TenantResourceConflict(VibeOpsError):
+    """A resource with a tenant's name exists but belongs to someone else; it is left alone."""
+
+
+class DeprovisionRefused(ConfigurationError):
+    """A deprovision was refused before touching anything (confirm mismatch, no final backup)."""
