@@ -91,3 +91,11 @@ class TenantResourceConflict(VibeOpsError):
 
 class DeprovisionRefused(ConfigurationError):
     """A deprovision was refused before touching anything (confirm mismatch, no final backup)."""
+
+
+class RetentionRefused(VibeOpsError):
+    """A retention step refused to act: the backup catalog is partly unreadable, or a guard tripped."""
+
+
+class RetentionIncomplete(VibeOpsError):
+    """One or more retention rules failed; the other rules were carried out."""
