@@ -5,10 +5,13 @@ Register them with `prefect block register -m blocks`.
 
 from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
 from blocks.mysql import MySQLConnection
+from blocks.tenants import TenantSettings, TenantTiers
 
 __all__ = [
     "BackupStore",
     "GcsDestination",
     "LocalFolderDestination",
     "MySQLConnection",
+    "TenantSettings",
+    "TenantTiers",
 ]
