@@ -71,9 +71,10 @@ class MySQLConnection(Block):
             f"port={self.port}",
             f"user={self.user}",
             f"password={self.password.get_secret_value()}",
-            f"connect-timeout={self.connect_timeout_seconds}",
             "protocol=TCP",
         ]
         if self.ssl_ca:
             lines += [f"ssl-ca={self.ssl_ca}", "ssl-verify-server-cert"]
+        # Only the interactive client knows connect-timeout; mariadb-dump rejects it.
+        lines += ["[mariadb-client]", f"connect-timeout={self.connect_timeout_seconds}"]
         return "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""Embedded defaults: what flows use when no block name is given (one machine, no cloud).
+
+- MySQL: 127.0.0.1:3306 as root, or VIBEOPS_MYSQL_HOST / VIBEOPS_MYSQL_PORT / VIBEOPS_MYSQL_USER
+  (the password, if any, from VIBEOPS_MYSQL_PASSWORD: never a parameter).
+- Backup store: two local folders standing in for two regional buckets, under VIBEOPS_HOME
+  (default: `var/` in the project folder).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from blocks.backup_store import BackupStore, LocalFolderDestination
+from blocks.mysql import MySQLConnection
+from tasks.errors import ConfigurationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def vibeops_home() -> Path:
+    """Where local state lives (backups, private servers, drill history)."""
+    return Path(os.environ.get("VIBEOPS_HOME", PROJECT_ROOT / "var")).resolve()
+
+
+def local_mysql_connection(database: str = "vibebench") -> MySQLConnection:
+    """The embedded default MySQL connection."""
+    return MySQLConnection(
+        host=os.environ.get("VIBEOPS_MYSQL_HOST", "127.0.0.1"),
+        port=int(os.environ.get("VIBEOPS_MYSQL_PORT", "3306")),
+        user=os.environ.get("VIBEOPS_MYSQL_USER", "root"),
+        password=SecretStr(os.environ.get("VIBEOPS_MYSQL_PASSWORD", "")),
+        database=database,
+    )
+
+
+def local_backup_store() -> BackupStore:
+    """Two local folders standing in for the two regional buckets."""
+    root = vibeops_home() / "backups"
+    return BackupStore(
+        destinations=[
+            LocalFolderDestination(region="local-a", path=str(root / "region-a")),
+            LocalFolderDestination(region="local-b", path=str(root / "region-b")),
+        ]
+    )
+
+
+def _load(block_type: type, name: str, field: str):  # type: ignore[no-untyped-def]
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{field}: no {block_type.__name__} block named {name!r}; create it with "
+            f"`vibeops setup-blocks` or in the UI (Blocks), or leave {field} empty for the "
+            "embedded default"
+        ) from exc
+
+
+def resolve_mysql(block_name: str | None, database: str = "vibebench") -> MySQLConnection:
+    """The named MySQLConnection block, or the embedded default when the name is empty."""
+    if not block_name:
+        return local_mysql_connection(database)
+    return _load(MySQLConnection, block_name, "connection_block")  # type: ignore[no-any-return]
+
+
+def resolve_store(block_name: str | None) -> BackupStore:
+    """The named BackupStore block, or the embedded local store when the name is empty."""
+    if not block_name:
+        return local_backup_store()
+    return _load(BackupStore, block_name, "store_block")  # type: ignore[no-any-return]

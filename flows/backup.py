@@ -1,0 +1,176 @@
+"""backup-mysql: a consistent dump, compressed once, streamed to every region, verified, committed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from pydantic import BaseModel, Field, field_validator
+
+from blocks.defaults import resolve_mysql, resolve_store
+from tasks.backup import build_manifest, commit_manifest, preflight, stream_dump, verify_backup
+from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
+from tasks.mysql import find_tool, quote_identifier
+from tasks.storage import open_store
+
+
+class BackupMySQLParams(BaseModel):
+    """Parameters of backup-mysql (rendered as a form in the Prefect UI)."""
+
+    source: str = Field(
+        default="vibebench",
+        description="Logical name of the source; backups go under mysql/<source>/ in every region.",
+    )
+    database: str = Field(default="vibebench", description="Database to back up.")
+    connection_block: str = Field(
+        default="",
+        description="Name of a 'VibeOps MySQL Connection' block; empty = local 127.0.0.1:3306.",
+    )
+    store_block: str = Field(
+        default="",
+        description="Name of a 'VibeOps Backup Store' block; empty = two local folders.",
+    )
+    codec: Literal["zstd", "gzip"] = Field(
+        default="zstd", description="zstd (fast, multi-threaded) or gzip (seed-compatible)."
+    )
+    compression_level: int = Field(
+        default=3, ge=1, le=19, description="Compression level (zstd 1-19, gzip 1-9)."
+    )
+    record_checksums: bool = Field(
+        default=True,
+        description="Record CHECKSUM TABLE per table in the manifest (restore drills compare them).",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_name(cls, value: str) -> str:
+        return validate_source_name(value)
+
+    @field_validator("database")
+    @classmethod
+    def _database_name(cls, value: str) -> str:
+        quote_identifier(value)
+        return value
+
+
+def _summary(manifest: BackupManifest, checks: list, seconds: float) -> str:
+    data = manifest.objects[0]
+    lines = [
+        f"# Backup `{manifest.backup_id}` of `{manifest.database}` — committed",
+        "",
+        "| fact | value |",
+        "|---|---|",
+        f"| source | `{manifest.source}` ({manifest.server_version}) |",
+        f"| consistent at | {manifest.consistent_at:%Y-%m-%d %H:%M:%S} UTC |",
+        f"| binlog | {manifest.binlog_file or '-'}:{manifest.binlog_position or '-'} |",
+        f"| tables / rows | {len(manifest.tables)} / {manifest.total_rows:,} |",
+        f"| size | {data.size / 1e6:,.1f} MB {manifest.codec} "
+        f"(from {(data.uncompressed_size or 0) / 1e6:,.1f} MB) |",
+        f"| sha256 | `{data.sha256}` |",
+        f"| duration | {seconds:.1f} s |",
+        "",
+        "| region | object | verified |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {c.region} | {c.uri} | size+sha256{' + full decompress' if c.decompressed else ''} |"
+        for c in checks
+    ]
+    return "\n".join(lines)
+
+
+@flow(
+    name="backup-mysql",
+    flow_run_name="backup-mysql-{params.source}",
+    description="Dump MySQL consistently, compress, stream to every region, verify, commit.",
+    timeout_seconds=6 * 3600,
+)
+def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
+    """Back up one MySQL database into every region of the backup store.
+
+    Returns:
+        The committed manifest.
+    """
+    params = params or BackupMySQLParams()
+    logger = get_run_logger()
+    started = datetime.now(UTC)
+    conn = resolve_mysql(params.connection_block, params.database)
+    store_block = resolve_store(params.store_block)
+    stores = [open_store(d) for d in store_block.destinations]
+    backup_id = new_backup_id(started)
+    prefix = backup_prefix("mysql", params.source, backup_id)
+    resource = {
+        "prefect.resource.id": f"vibeops.backup.mysql.{params.source}",
+        "prefect.resource.name": params.source,
+    }
+    try:
+        with tags(f"db:{conn.host}:{conn.port}/{params.database}"):
+            facts = preflight(conn, params.database, stores)
+            written, snapshot, object_name = stream_dump(
+                conn,
+                params.database,
+                facts,
+                stores,
+                prefix,
+                params.codec,
+                params.compression_level,
+                params.record_checksums,
+            )
+            checks = verify_backup(stores, f"{prefix}{object_name}", written, params.codec)
+            manifest = build_manifest(
+                backup_id=backup_id,
+                source=params.source,
+                database=params.database,
+                source_facts=facts,
+                snapshot=snapshot,
+                written=written,
+                object_name=object_name,
+                codec=params.codec,
+                stores=stores,
+                started_at=started,
+                dump_binary=find_tool("mariadb-dump", "mysqldump", package="mariadb-client"),
+            )
+            commit_manifest(stores, manifest)
+    except Exception as exc:
+        emit_event(
+            event="vibeops.backup.failed",
+            resource=resource,
+            payload={
+                "backup_id": backup_id,
+                "error": type(exc).__name__,
+                "message": str(exc)[:500],
+            },
+        )
+        create_markdown_artifact(
+            key=f"backup-mysql-{params.source.replace('_', '-').replace('.', '-').lower()}",
+            markdown=f"# Backup `{backup_id}` of `{params.database}` — FAILED\n\n"
+            f"`{type(exc).__name__}`: {exc}\n\nNo manifest was written: nothing to restore "
+            "from this run.",
+            description="backup-mysql result",
+        )
+        raise
+    seconds = (manifest.finished_at - started).total_seconds()
+    create_markdown_artifact(
+        key=f"backup-mysql-{params.source.replace('_', '-').replace('.', '-').lower()}",
+        markdown=_summary(manifest, checks, seconds),
+        description="backup-mysql result",
+    )
+    emit_event(
+        event="vibeops.backup.succeeded",
+        resource=resource,
+        payload={
+            "backup_id": manifest.backup_id,
+            "database": manifest.database,
+            "consistent_at": manifest.consistent_at.isoformat(),
+            "size_bytes": manifest.total_size,
+            "rows": manifest.total_rows,
+            "codec": manifest.codec,
+            "regions": [r.uri for r in manifest.regions],
+            "duration_s": round(seconds, 2),
+        },
+    )
+    logger.info("backup %s committed in %d region(s)", manifest.backup_id, len(stores))
+    return manifest

@@ -1,0 +1,303 @@
+"""Prefect tasks of the MySQL backup: preflight, stream, verify, commit.
+
+Each task wraps plain functions from tasks.mysql, tasks.backup_stream and tasks.storage.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from blocks.mysql import MySQLConnection
+from tasks.backup_stream import RegionCheck, StreamResult, stream_to_stores, verify_copies
+from tasks.compression import EXTENSIONS
+from tasks.errors import (
+    DatabaseAuthError,
+    DatabaseNotFound,
+    DatabaseUnreachable,
+    DestinationMissing,
+    ExternalCommandError,
+    StorageError,
+)
+from tasks.manifest import (
+    BackupManifest,
+    Codec,
+    RegionCopy,
+    StoredObject,
+    TableFacts,
+    backup_prefix,
+)
+from tasks.mysql import ConsistentDump, SnapshotFacts, SourceFacts, read_source_facts, tool_version
+from tasks.storage import ObjectStore
+
+TRANSIENT_HTTP = re.compile(r"\b(429|500|502|503|504)\b|Connection refused|timed out|reset by peer")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: the database or a bucket briefly out of reach."""
+    if isinstance(exc, DatabaseUnreachable):
+        return True
+    if isinstance(exc, DestinationMissing):
+        return False
+    if isinstance(exc, StorageError):
+        return bool(TRANSIENT_HTTP.search(str(exc)) or TRANSIENT_HTTP.search(str(exc.__cause__)))
+    return False
+
+
+def retry_transient(task, task_run, state) -> bool:  # type: ignore[no-untyped-def]
+    """retry_condition_fn: retry only transient failures."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+@task(
+    cache_policy=NO_CACHE,
+    name="preflight-mysql-backup",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+def preflight(conn: MySQLConnection, database: str, stores: list[ObjectStore]) -> SourceFacts:
+    """Check the source and every destination before anything is written."""
+    facts = read_source_facts(conn, database)
+    for store in stores:
+        store.check_ready()
+    get_run_logger().info(
+        "source %s on %s:%s (%s): %d tables, %d views, %d routines, ~%d MB; regions %s",
+        database,
+        conn.host,
+        conn.port,
+        facts.server_version,
+        len(facts.tables),
+        len(facts.views),
+        len(facts.routines),
+        facts.data_bytes // 1_000_000,
+        ", ".join(s.region for s in stores),
+    )
+    return facts
+
+
+def _dump_error(stderr: bytes, returncode: int, database: str) -> Exception:
+    text = stderr.decode(errors="replace").strip()
+    if "1049" in text or "Unknown database" in text:
+        return DatabaseNotFound(f"database {database!r} does not exist: {text[-300:]}")
+    if "1045" in text or "Access denied" in text:
+        return DatabaseAuthError(f"mysqldump was refused: {text[-300:]}; fix the connection block")
+    if "2003" in text or "2002" in text or "Lost connection" in text:
+        return DatabaseUnreachable(f"mysqldump lost the server: {text[-300:]}")
+    return ExternalCommandError(
+        f"mysqldump exited with {returncode}"
+        + (" (killed)" if returncode < 0 else "")
+        + (f": {text[-500:]}" if text else "")
+    )
+
+
+class _Progress:
+    """Throttled progress: a Prefect progress artifact and, on a terminal, a bar."""
+
+    def __init__(self, expected_bytes: int, label: str) -> None:
+        self.expected = max(expected_bytes, 1)
+        self.last = 0.0
+        self.artifact_id = create_progress_artifact(progress=0.0, description=f"Dumping {label}")
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.bar_task = self.bar.add_task(f"dump {label}", total=self.expected)
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 1.0:
+            return
+        self.last = now
+        percent = min(99.0, 100.0 * done / self.expected)
+        update_progress_artifact(artifact_id=self.artifact_id, progress=percent)  # type: ignore[arg-type]
+        if self.bar is not None:
+            self.bar.update(self.bar_task, completed=min(done, self.expected))
+
+    def close(self) -> None:
+        update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)  # type: ignore[arg-type]
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@task(
+    cache_policy=NO_CACHE,
+    name="stream-mysql-dump",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+def stream_dump(
+    conn: MySQLConnection,
+    database: str,
+    source_facts: SourceFacts,
+    stores: list[ObjectStore],
+    prefix: str,
+    codec: Codec,
+    level: int,
+    record_checksums: bool,
+) -> tuple[StreamResult, SnapshotFacts, str]:
+    """Dump `database` once, compressed, into every region; returns what was written."""
+    logger = get_run_logger()
+    object_name = f"dump.sql{EXTENSIONS[codec]}"
+    key = f"{prefix}{object_name}"
+    progress = _Progress(source_facts.data_bytes, database)
+    with ConsistentDump(conn, database, record_checksums=record_checksums) as dump:
+        assert dump.process is not None and dump.process.stdout is not None
+        facts_error: list[BaseException] = []
+
+        def record() -> None:
+            try:
+                dump.record_table_facts(source_facts.tables)
+            except BaseException as exc:
+                facts_error.append(exc)
+
+        recorder = threading.Thread(target=record, name="table-facts", daemon=True)
+        recorder.start()
+        stderr_chunks: list[bytes] = []
+        drain = threading.Thread(
+            target=lambda: stderr_chunks.append(dump.process.stderr.read()),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        drain.start()
+
+        def check_dump_exit() -> None:
+            returncode = dump.process.wait(timeout=600)  # type: ignore[union-attr]
+            drain.join(timeout=30)
+            if returncode != 0:
+                raise _dump_error(b"".join(stderr_chunks), returncode, database)
+            recorder.join(timeout=3600)
+            if recorder.is_alive():
+                raise ExternalCommandError("row counts/checksums did not finish within 1 h")
+            if facts_error:
+                raise facts_error[0]
+
+        try:
+            result = stream_to_stores(
+                dump.process.stdout,
+                stores,
+                key,
+                codec,
+                level,
+                on_progress=progress,
+                before_commit=check_dump_exit,
+            )
+        finally:
+            progress.close()
+        assert dump.facts is not None
+        facts = dump.facts
+    logger.info(
+        "wrote %s: %.1f MB from %.1f MB (%.1fx), sha256 %s…",
+        object_name,
+        result.size / 1e6,
+        result.uncompressed_size / 1e6,
+        result.uncompressed_size / max(result.size, 1),
+        result.sha256[:12],
+    )
+    return result, facts, object_name
+
+
+@task(
+    cache_policy=NO_CACHE,
+    name="verify-backup-copies",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
+def verify_backup(
+    stores: list[ObjectStore], key: str, written: StreamResult, codec: Codec
+) -> list[RegionCheck]:
+    """Read every region's copy back; raise BackupVerificationError on any mismatch."""
+    checks = verify_copies(stores, key, written, codec)
+    for check in checks:
+        get_run_logger().info(
+            "verified %s: %d bytes, sha256 ok%s",
+            check.uri,
+            check.size,
+            ", decompressed in full" if check.decompressed else "",
+        )
+    return checks
+
+
+def build_manifest(
+    *,
+    backup_id: str,
+    source: str,
+    database: str,
+    source_facts: SourceFacts,
+    snapshot: SnapshotFacts,
+    written: StreamResult,
+    object_name: str,
+    codec: Codec,
+    stores: list[ObjectStore],
+    started_at: datetime,
+    dump_binary: str,
+) -> BackupManifest:
+    """The manifest of a finished, verified backup."""
+    prefix = backup_prefix("mysql", source, backup_id)
+    return BackupManifest(
+        backup_id=backup_id,
+        source=source,
+        database=database,
+        server_version=source_facts.server_version,
+        binlog_file=snapshot.binlog_file,
+        binlog_position=snapshot.binlog_position,
+        gtid=snapshot.gtid,
+        started_at=started_at,
+        consistent_at=snapshot.consistent_at,
+        finished_at=datetime.now(UTC),
+        codec=codec,
+        objects=[
+            StoredObject(
+                name=object_name,
+                size=written.size,
+                sha256=written.sha256,
+                uncompressed_size=written.uncompressed_size,
+            )
+        ],
+        tables={
+            table: TableFacts(rows=rows, checksum=snapshot.checksums.get(table))
+            for table, rows in snapshot.rows.items()
+        },
+        views=source_facts.views,
+        routines=source_facts.routines,
+        regions=[RegionCopy(region=s.region, uri=s.uri(prefix)) for s in stores],
+        tool_versions={
+            "dump": tool_version(dump_binary),
+            "python-zstandard": __import__("zstandard").__version__,
+            "vibebench-ops": "0.1.0",
+        },
+        restore_hints={"exact_snapshot": int(snapshot.exact)},
+        prefix=prefix,
+    )
+
+
+@task(
+    cache_policy=NO_CACHE,
+    name="commit-backup-manifest",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=retry_transient,
+)
+def commit_manifest(stores: list[ObjectStore], manifest: BackupManifest) -> None:
+    """Write manifest.json last in every region: from now on the backup exists."""
+    data = manifest.to_json()
+    for store in stores:
+        store.write_bytes(manifest.manifest_key, data)
+        get_run_logger().info("committed %s", store.uri(manifest.manifest_key))
