@@ -99,3 +99,7 @@ class RetentionRefused(VibeOpsError):
 
 class RetentionIncomplete(VibeOpsError):
     """One or more retention rules failed; the other rules were carried out."""
+
+
+class RestoreLoadError(VibeOpsError):
+    """Loading a verified backup into the scratch target failed (the SQL itself is bad)."""
