@@ -1,0 +1,1 @@
+"""The Alertmanager relay: webhook alerts in, Prefect events out (see app.py)."""
