@@ -17,12 +17,14 @@ import base64
 import contextlib
 import hmac
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -364,6 +366,63 @@ def serve(
     )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+
+
+TOKEN_ENV = "VIBEOPS_RELAY_TOKEN"  # noqa: S105 (the variable name, not a value)
+
+
+def read_token(token_file: Path | None) -> str:
+    """The bearer token from `token_file`, else from $VIBEOPS_RELAY_TOKEN (never from argv).
+
+    Raises:
+        ConfigurationError: neither is set, or the file is unreadable.
+    """
+    if token_file is not None:
+        try:
+            return token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"--token-file {token_file}: cannot read it ({exc})") from None
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ConfigurationError(
+            f"no relay token: set {TOKEN_ENV} or pass --token-file (a file holding the token "
+            "Alertmanager sends in http_config.authorization)"
+        )
+    return token
+
+
+def run_relay(
+    host: str,
+    port: int,
+    token_file: Path | None,
+    prefect_api_url: str | None,
+    dedupe_window: float = DEFAULT_DEDUPE_WINDOW_SECONDS,
+) -> None:
+    """`vibeops relay`: resolve the token and the Prefect API from the environment, then serve.
+
+    The Prefect API URL defaults to the active profile's PREFECT_API_URL; PREFECT_API_KEY or
+    PREFECT_API_AUTH_STRING, when set, authenticate the relay to it.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    api_url = prefect_api_url or (settings.api.url or "")
+    if not api_url:
+        raise ConfigurationError(
+            "no Prefect API URL: pass --prefect-api-url or set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api)"
+        )
+    api_key = settings.api.key.get_secret_value() if settings.api.key else None
+    auth_string = settings.api.auth_string.get_secret_value() if settings.api.auth_string else None
+    serve(
+        host,
+        port,
+        read_token(token_file),
+        api_url,
+        dedupe_window,
+        prefect_api_key=api_key,
+        prefect_auth_string=auth_string,
+    )
 
 
 class RelayThread:
