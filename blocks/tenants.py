@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
-from blocks.mysql import MySQLConnection
+from tasks.errors import ConfigurationError
 from tasks.tenants import DEFAULT_TIERS, NetworkSettings, TierSpec
 
 TIER_NAMES = ("starter", "pro", "enterprise")
@@ -53,6 +53,8 @@ class TenantTiers(Block):
 class TenantSettings(Block):
     """Where tenants live: the tenant MySQL server, the ops database, DNS and network rules.
 
+    Every field has a default, so an unsaved `TenantSettings()` is the embedded local setup.
+
     Example:
         ```python
         from blocks import TenantSettings
@@ -65,8 +67,15 @@ class TenantSettings(Block):
     _block_type_slug = "vibeops-tenant-settings"
     _description = "Tenant MySQL server, ops registry database, domain and network policy inputs."
 
-    mysql_admin: MySQLConnection = Field(
-        description="Admin login on the server that holds tenant databases (creates users/dbs)."
+    mysql_block: str = Field(
+        default="",
+        description="Name of a 'VibeOps MySQL Connection' block with admin rights on the server "
+        "that holds tenant databases; empty = the embedded local default.",
+    )
+    store_block: str = Field(
+        default="",
+        description="Name of a 'VibeOps Backup Store' block for final backups at deprovision; "
+        "empty = the embedded local folders.",
     )
     ops_database: str = Field(
         default="vibeops",
@@ -80,10 +89,13 @@ class TenantSettings(Block):
     )
     app_mysql_host: str | None = Field(
         default=None,
-        description="MySQL host as the tenant's pods see it; default: mysql_admin.host.",
+        description="MySQL host as the tenant's pods see it; default: the admin block's host.",
     )
     app_mysql_port: int | None = Field(
-        default=None, ge=1, le=65535, description="MySQL port for pods; default: mysql_admin.port."
+        default=None,
+        ge=1,
+        le=65535,
+        description="MySQL port for pods; default: the admin block's port.",
     )
     domain: str = Field(
         default="vibebench.io",
@@ -105,3 +117,27 @@ class TenantSettings(Block):
                 "ops_database must not end in '_vibebench' (that suffix is for tenant databases)"
             )
         return self
+
+
+def _load_named(block_type: type[Block], name: str, field: str) -> Block:
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{field}: no {block_type.__name__} block named {name!r}; create it in the UI "
+            f"(Blocks) or leave {field} empty for the defaults"
+        ) from exc
+
+
+def resolve_tenant_settings(name: str | None) -> TenantSettings:
+    """The named TenantSettings block, or the defaults when the name is empty."""
+    if not name:
+        return TenantSettings()
+    return _load_named(TenantSettings, name, "settings_block")  # type: ignore[return-value]
+
+
+def resolve_tiers(name: str | None) -> TenantTiers:
+    """The named TenantTiers block, or the built-in tiers when the name is empty."""
+    if not name:
+        return TenantTiers()
+    return _load_named(TenantTiers, name, "tiers_block")  # type: ignore[return-value]

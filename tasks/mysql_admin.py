@@ -265,11 +265,11 @@ def _scope_sql(scope: str) -> str:
     return f"{quote_identifier(scope)}.*"
 
 
-def can_login(admin: MySQLConnection, user: str, password: SecretStr, database: str) -> bool:
-    """True when `user`/`password` can log in to `database` on the admin's server."""
+def can_login(admin: MySQLConnection, user: str, password: SecretStr) -> bool:
+    """True when `user`/`password` can log in to the admin's server."""
     probe = admin.model_copy(update={"user": user, "password": password})
     try:
-        with connect(probe, database) as connection, connection.cursor() as cur:
+        with connect(probe, None) as connection, connection.cursor() as cur:
             cur.execute("SELECT 1")
             return True
     except VibeOpsError:
