@@ -4,14 +4,18 @@ Register them with `prefect block register -m blocks`.
 """
 
 from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
+from blocks.gcs_emulator import EmulatorGcpCredentials
 from blocks.mysql import MySQLConnection
+from blocks.retention import RetentionPolicy
 from blocks.tenants import TenantSettings, TenantTiers
 
 __all__ = [
     "BackupStore",
+    "EmulatorGcpCredentials",
     "GcsDestination",
     "LocalFolderDestination",
     "MySQLConnection",
+    "RetentionPolicy",
     "TenantSettings",
     "TenantTiers",
 ]
