@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -293,3 +294,171 @@ def test_namespace_termination_window(kube_api: KubeStandIn) -> None:
         assert gone.value.status == 404
 
     run(with_core(kube_api, body))
+
+
+async def wait_deployment(apps: Any, name: str, predicate: Callable[[Any], bool]) -> Any:
+    for _ in range(200):
+        dep = await apps.read_namespaced_deployment_status(name, "default")
+        if predicate(dep):
+            return dep
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"deployment {name} never reached the expected state: {dep.status}")
+
+
+def rolled_out(dep: Any) -> bool:
+    s = dep.status
+    return (
+        (s.observed_generation or 0) >= dep.metadata.generation
+        and s.updated_replicas == dep.spec.replicas
+        and s.available_replicas == dep.spec.replicas
+        and (s.replicas or 0) == dep.spec.replicas
+    )
+
+
+def test_controller_rolls_out_and_rolls_back(kube_api: KubeStandIn) -> None:
+    async def body() -> None:
+        async with kube_api.credentials().get_client("apps") as apps:
+            await apps.create_namespaced_deployment("default", deployment("web", "repo/web:1"))
+            first = await wait_deployment(apps, "web", rolled_out)
+            assert first.metadata.annotations["deployment.kubernetes.io/revision"] == "1"
+            await apps.patch_namespaced_deployment(
+                "web",
+                "default",
+                {
+                    "spec": {
+                        "template": {
+                            "spec": {"containers": [{"name": "app", "image": "repo/web:2"}]}
+                        }
+                    }
+                },
+            )
+            second = await wait_deployment(apps, "web", rolled_out)
+            assert second.metadata.annotations["deployment.kubernetes.io/revision"] == "2"
+            progressing = {c.type: c for c in second.status.conditions}["Progressing"]
+            assert progressing.reason == "NewReplicaSetAvailable"
+            # rollout restart: the template annotation makes a new ReplicaSet too
+            await apps.patch_namespaced_deployment(
+                "web",
+                "default",
+                {
+                    "spec": {
+                        "template": {
+                            "metadata": {
+                                "annotations": {
+                                    "kubectl.kubernetes.io/restartedAt": "2025-01-01T00:00:00Z"
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            third = await wait_deployment(apps, "web", rolled_out)
+            assert third.metadata.annotations["deployment.kubernetes.io/revision"] == "3"
+
+    run(body())
+    pods = kube_api.list("Pod", "default", label_selector="app=web")
+    assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
+    rs = kube_api.list("ReplicaSet", "default", label_selector="app=web")
+    assert len(rs) == 3 and sorted(r["spec"]["replicas"] for r in rs) == [0, 0, 2]
+
+
+def test_never_ready_image_keeps_old_pods_and_hits_deadline(kube_api: KubeStandIn) -> None:
+    async def body() -> None:
+        async with kube_api.credentials().get_client("apps") as apps:
+            dep = deployment("web", "repo/web:1")
+            dep["spec"]["progressDeadlineSeconds"] = 1
+            await apps.create_namespaced_deployment("default", dep)
+            await wait_deployment(apps, "web", rolled_out)
+            await apps.patch_namespaced_deployment(
+                "web",
+                "default",
+                {
+                    "spec": {
+                        "template": {
+                            "spec": {
+                                "containers": [{"name": "app", "image": "repo/web:2-never-ready"}]
+                            }
+                        }
+                    }
+                },
+            )
+
+            def deadline(d: Any) -> bool:
+                conditions = {c.type: c for c in d.status.conditions or []}
+                return conditions["Progressing"].reason == "ProgressDeadlineExceeded"
+
+            stuck = await wait_deployment(apps, "web", deadline)
+            assert stuck.status.updated_replicas == 2 and stuck.status.available_replicas == 2
+            assert stuck.status.unavailable_replicas == 2
+
+    run(body())
+    images = sorted(
+        p["spec"]["containers"][0]["image"] for p in kube_api.list("Pod", "default", "app=web")
+    )
+    assert images == [
+        "repo/web:1",
+        "repo/web:1",
+        "repo/web:2-never-ready",
+        "repo/web:2-never-ready",
+    ]
+
+
+def test_deleted_pod_is_replaced_and_logs_are_served(kube_api: KubeStandIn) -> None:
+    async def body() -> None:
+        async with kube_api.credentials().get_client("apps") as apps:
+            await apps.create_namespaced_deployment("default", deployment("web", "repo/web:1", 1))
+            await wait_deployment(apps, "web", rolled_out)
+        async with kube_api.credentials().get_client("core") as core:
+            (pod,) = (await core.list_namespaced_pod("default", label_selector="app=web")).items
+            log = await core.read_namespaced_pod_log(pod.metadata.name, "default")
+            assert "starting container image=repo/web:1" in log
+            await core.delete_namespaced_pod(pod.metadata.name, "default")
+            for _ in range(100):
+                pods = (await core.list_namespaced_pod("default", label_selector="app=web")).items
+                if pods and pods[0].metadata.name != pod.metadata.name:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(pods) == 1 and pods[0].metadata.name != pod.metadata.name
+
+    run(body())
+
+
+def test_service_proxy_follows_the_selector(kube_api: KubeStandIn) -> None:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from tests.k8s_standin.server import serve_app
+
+    def version_app(text: str) -> Starlette:
+        return Starlette(routes=[Route("/version", lambda _: PlainTextResponse(text))])
+
+    with serve_app(version_app("blue")) as blue, serve_app(version_app("green")) as green:
+        kube_api.serve_image("repo/web:blue", blue)
+        kube_api.serve_image("repo/web:green", green)
+        for colour in ("blue", "green"):
+            dep = deployment(f"web-{colour}", f"repo/web:{colour}", 1)
+            dep["spec"]["template"]["metadata"]["labels"] = {"app": "web", "version": colour}
+            dep["spec"]["selector"]["matchLabels"] = {"app": "web", "version": colour}
+            kube_api.put(dep)
+        kube_api.put(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web", "version": "blue"}, "ports": [{"port": 80}]},
+            }
+        )
+        url = kube_api.service_proxy_url("default", "web") + "/version"
+        for _ in range(100):
+            if httpx.get(url).status_code == 200:
+                break
+            time.sleep(0.05)
+        assert httpx.get(url).text == "blue"
+        api_client = kubernetes.config.new_client_from_config_dict(kube_api.kubeconfig_dict())
+        kubernetes.client.CoreV1Api(api_client).patch_namespaced_service(
+            "web", "default", {"spec": {"selector": {"version": "green"}}}
+        )
+        api_client.close()
+        assert httpx.get(url).text == "green"

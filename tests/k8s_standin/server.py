@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import count
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route as StarletteRoute
 
+from tests.k8s_standin.controller import DeploymentController
 from tests.k8s_standin.patching import selector_from_match_labels
 from tests.k8s_standin.resources import (
     PODS,
@@ -82,36 +84,25 @@ class KubeStandIn:
     image_backends: dict[str, str] = field(default_factory=dict)
     pod_logs: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     controllers: list[Any] = field(default_factory=list)
+    with_controller: bool = True
+    controller: DeploymentController | None = None
     port: int = 0
-    _server: uvicorn.Server | None = None
-    _thread: threading.Thread | None = None
+    _http: ThreadedServer | None = None
     _rr: count = field(default_factory=count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> KubeStandIn:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            self.app(), log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="kube-standin", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the Kubernetes stand-in did not start within 15 s")
-            time.sleep(0.01)
+        self._http = ThreadedServer(self.app()).start()
+        self.port = self._http.port
         for name in ("default", "kube-system"):
             self.store.create(
                 self.store.kind("Namespace"), None, {"metadata": {"name": name}}, "boot"
             )
+        if self.with_controller and self.controller is None:
+            self.controller = DeploymentController(self)
+            self.controllers.append(self.controller)
         for controller in self.controllers:
             controller.start()
         return self
@@ -119,10 +110,8 @@ class KubeStandIn:
     def stop(self) -> None:
         for controller in self.controllers:
             controller.stop()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._http is not None:
+            self._http.stop()
 
     def __enter__(self) -> KubeStandIn:
         return self.start()
@@ -528,6 +517,56 @@ class KubeStandIn:
         return None
 
 
+class ThreadedServer:
+    """Any ASGI app served by uvicorn in a daemon thread on a free 127.0.0.1 port."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_seconds: float = 15) -> ThreadedServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout_seconds
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"local HTTP server did not start within {timeout_seconds} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """Serve an ASGI app on a free local port for the duration of the block; yields its URL."""
+    server = ThreadedServer(app).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 def _pod_ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -548,6 +587,3 @@ async def _read_body(request: Request, content_type: str) -> Any:
 def _status(error: ApiError) -> JSONResponse:
     headers = {"Retry-After": "1"} if error.code in (429, 503) else None
     return JSONResponse(error.status_body(), status_code=error.code, headers=headers)
-
-
-ControllerFactory = Callable[[KubeStandIn], Any]

@@ -217,6 +217,8 @@ class ApiStore:
     def _apply_defaults(self, rtype: ResourceType, obj: Obj) -> None:
         spec = obj.get("spec")
         kind = rtype.kind
+        if kind in ("Deployment", "ReplicaSet", "StatefulSet"):
+            obj.setdefault("status", {} if kind == "Deployment" else {"replicas": 0})
         if kind == "Namespace":
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj.setdefault("status", {"phase": "Active"})
