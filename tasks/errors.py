@@ -103,3 +103,31 @@ class RetentionIncomplete(VibeOpsError):
 
 class RestoreLoadError(VibeOpsError):
     """Loading a verified backup into the scratch target failed (the SQL itself is bad)."""
+
+
+class ImageReferenceInvalid(ConfigurationError):
+    """An image reference is not `registry/repo/name:tag` or `...@sha256:<64 hex>`."""
+
+
+class KubernetesApiError(VibeOpsError):
+    """The Kubernetes API answered an error (status inside; 429/5xx are retried as transient)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeployRefused(ConfigurationError):
+    """A deploy was refused before changing anything (backup gate, cluster layout, bad state)."""
+
+
+class DeployLockTimeout(VibeOpsError):
+    """Another deploy of the same app held the deploy lock for longer than the wait allowed."""
+
+
+class DeployRolledBack(VibeOpsError):
+    """A deploy failed (rollout, smoke checks) and the previous version was restored."""
+
+
+class RollbackFailed(VibeOpsError):
+    """Restoring the previous version failed too: staging needs a human now."""
