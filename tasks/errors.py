@@ -131,3 +131,7 @@ class DeployRolledBack(VibeOpsError):
 
 class RollbackFailed(VibeOpsError):
     """Restoring the previous version failed too: staging needs a human now."""
+
+
+class RehearsedFailure(VibeOpsError):
+    """A deliberate failure asked for by a rehearsal parameter (game-day drill of a rollback)."""
