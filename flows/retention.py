@@ -23,6 +23,7 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -125,7 +126,7 @@ class PurgeRetentionParams(BaseModel):
         return value
 
 
-@task(name="load-retention-policy")
+@task(name="load-retention-policy", cache_policy=NO_CACHE)
 def load_policy(block_name: str) -> RetentionPolicy:
     """The named policy block, or the seed's rules when the name is empty."""
     if not block_name:
@@ -139,7 +140,7 @@ def load_policy(block_name: str) -> RetentionPolicy:
         ) from exc
 
 
-@task(name="find-drill-references")
+@task(name="find-drill-references", cache_policy=NO_CACHE)
 def find_drill_references() -> set[str]:
     """Backup ids and days referenced by scheduled, pending, running or paused drills."""
     states = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
@@ -170,16 +171,17 @@ def _plan(
     classes = archive_classes(resolve_store(params.store_block)) if stores else {}
     for rule in _selected(policy, params):
         try:
-            if isinstance(rule, MySQLTableRule):
-                if rule.action == "keep":
-                    continue
+            if getattr(rule, "action", None) == "keep":
+                plans.append(
+                    RulePlan(rule=rule.name, kind=rule.kind, action="keep", target=rule.target,
+                             notes=["kept indefinitely"])
+                )  # fmt: skip
+            elif isinstance(rule, MySQLTableRule):
                 cutoff = rule_cutoff(rule, as_of)
                 assert cutoff is not None
                 facts = count_expired_rows(conn, shapes[rule.name], cutoff)
                 plans.append(plan_table_rule(rule, as_of, facts, fraction, params.force))
             elif isinstance(rule, ObjectPrefixRule):
-                if rule.action == "keep":
-                    continue
                 listings = {r: list_prefix(s, rule.prefix) for r, s in stores.items()}
                 plans.append(
                     plan_object_rule(rule, as_of, listings, fraction, params.force, classes)
@@ -372,7 +374,7 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
         outcomes = [
             RuleOutcome(rule=p.rule, status="refused", error=p.refused)
             if p.refused
-            else RuleOutcome(rule=p.rule, status="dry-run")
+            else RuleOutcome(rule=p.rule, status="kept" if p.action == "keep" else "dry-run")
             for p in plans
         ]
     else:
@@ -385,7 +387,8 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
                     RuleOutcome(rule=rule_plan.rule, status=status, error=rule_plan.refused)  # type: ignore[arg-type]
                 )
             elif not rule_plan.has_work:
-                outcomes.append(RuleOutcome(rule=rule_plan.rule, status="nothing-to-do"))
+                status = "kept" if rule_plan.action == "keep" else "nothing-to-do"
+                outcomes.append(RuleOutcome(rule=rule_plan.rule, status=status))  # type: ignore[arg-type]
             else:
                 try:
                     outcomes.append(

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import pymysql
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from blocks.mysql import MySQLConnection
@@ -125,6 +126,7 @@ def check_table_rules(
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="count-expired-rows",
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
@@ -193,6 +195,7 @@ class PurgeResult:
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="purge-expired-rows",
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),

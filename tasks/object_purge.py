@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from blocks.backup_store import BackupStore
@@ -51,6 +52,7 @@ def archive_classes(store: BackupStore) -> dict[str, str]:
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="list-prefix",
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
@@ -63,6 +65,7 @@ def list_prefix(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
 
 
 @task(
+    cache_policy=NO_CACHE,
     name="scan-backup-catalog",
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),

@@ -813,7 +813,7 @@ class RuleOutcome(BaseModel):
     """What one rule did."""
 
     rule: str
-    status: Literal["ok", "failed", "refused", "dry-run", "nothing-to-do"]
+    status: Literal["ok", "failed", "refused", "dry-run", "nothing-to-do", "kept"]
     rows_deleted: int = 0
     objects_deleted: int = 0
     objects_archived: int = 0
