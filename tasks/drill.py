@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -51,8 +52,9 @@ def validate_backup_selector(selector: str) -> str:
     if selector == "latest" or BACKUP_ID.match(selector):
         return selector
     if DATE.match(selector):
-        date.fromisoformat(selector)
-        return selector
+        with contextlib.suppress(ValueError):
+            date.fromisoformat(selector)
+            return selector
     raise ValueError(
         f"backup {selector!r} is not 'latest', a backup id like 20250101T020000Z-a1b2c3 "
         "or a day like 2025-01-01"

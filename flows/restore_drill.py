@@ -1,0 +1,601 @@
+"""restore-drill: restore the newest committed backup into a scratch database and prove it.
+
+find (primary region, else the other) -> stream download + sha256 + decompress + load into
+`drill_<source>_<backup-id>` -> parity + expectations -> RTO/RPO against the targets ->
+report, history, events -> drop the scratch database (or keep it for `keep_hours`, after
+which `cleanup-drills` drops it). The run FAILS when validation fails or a target is missed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from prefect.transactions import transaction
+from pydantic import BaseModel, Field, field_validator
+
+from blocks.defaults import resolve_mysql, resolve_store, vibeops_home
+from tasks.drill import (
+    CleanupItem,
+    CopyAttempt,
+    DrillMarker,
+    DrillRecord,
+    DrillTargets,
+    Verdict,
+    append_history,
+    check_scratch_target,
+    format_duration,
+    history_file,
+    judge,
+    plan_cleanup,
+    read_history,
+    region_try_order,
+    rpo_of,
+    rto_breakdown,
+    scratch_database_name,
+    validate_backup_selector,
+)
+from tasks.errors import (
+    BackupVerificationError,
+    DrillFailed,
+    RestoreLoadError,
+    StorageError,
+    VibeOpsError,
+)
+from tasks.manifest import BackupManifest, validate_source_name
+from tasks.restore import (
+    BackupSearch,
+    RestoreStats,
+    find_backup,
+    keep_scratch,
+    list_drill_databases,
+    prepare_scratch_target,
+    restore_copy,
+    teardown_scratch,
+)
+from tasks.storage import open_store
+from tasks.validation import (
+    DEFAULT_EXPECTATIONS,
+    ValidationReport,
+    load_expectations,
+    validate_restore,
+)
+
+HISTORY_ROWS = 20
+
+
+def default_history_path() -> Path:
+    """`$VIBEOPS_HOME/drills/history.jsonl`: the file the metrics exporter reads."""
+    return history_file(vibeops_home())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "default"
+
+
+class RestoreDrillParams(BaseModel):
+    """Parameters of restore-drill (rendered as a form in the Prefect UI)."""
+
+    source: str = Field(
+        default="vibebench", description="Logical source name: restores mysql/<source>/ backups."
+    )
+    backup: str = Field(
+        default="latest",
+        description="'latest', a backup id (20250101T020000Z-a1b2c3) or a day (2025-01-01).",
+    )
+    store_block: str = Field(
+        default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."
+    )
+    drill_server_block: str = Field(
+        default="",
+        description="Name of a 'VibeOps MySQL Connection' block for the drill server; empty = "
+        "the local server (the same one the source runs on).",
+    )
+    prefer_region: str = Field(
+        default="", description="Region to restore from first; empty = the store's primary."
+    )
+    scratch_database: str = Field(
+        default="",
+        description="Scratch database name; empty = drill_<source>_<backup-id>. Never the source.",
+    )
+    keep_hours: int = Field(
+        default=0,
+        ge=0,
+        le=168,
+        description="Keep the restored copy this many hours for inspection (0 = drop at once).",
+    )
+    rto_target: timedelta = Field(
+        default=timedelta(minutes=30), description="Recovery time objective (seed: 30 min)."
+    )
+    rpo_target: timedelta = Field(
+        default=timedelta(hours=1), description="Recovery point objective (seed: 1 h)."
+    )
+    load_connections: int = Field(
+        default=2, ge=1, le=16, description="Connections loading rows in parallel (1 = single)."
+    )
+    expectations_file: str = Field(
+        default=DEFAULT_EXPECTATIONS,
+        description="YAML expectation suite, relative to the project folder.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return validate_source_name(value)
+
+    @field_validator("backup")
+    @classmethod
+    def _backup(cls, value: str) -> str:
+        return validate_backup_selector(value.strip())
+
+    @field_validator("rto_target", "rpo_target")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("targets must be longer than zero, e.g. PT30M")
+        return value
+
+
+@dataclass
+class _Drill:
+    """What the drill learned, for the report, the history and the events."""
+
+    params: RestoreDrillParams
+    started: datetime
+    targets: DrillTargets
+    search: BackupSearch | None = None
+    scratch: str | None = None
+    attempts: list[CopyAttempt] = field(default_factory=list)
+    stats: RestoreStats | None = None
+    validation: ValidationReport | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    validated_at: datetime | None = None
+    problems: list[str] = field(default_factory=list)
+    scratch_fate: str = "not created"
+
+    @property
+    def manifest(self) -> BackupManifest | None:
+        return self.search.choice.manifest if self.search and self.search.choice else None
+
+    @property
+    def restored_from(self) -> str | None:
+        return next((a.region for a in self.attempts if a.outcome == "restored"), None)
+
+
+@flow(
+    name="restore-drill",
+    flow_run_name="restore-drill-{params.source}",
+    description="Restore the newest backup into a scratch database, validate it, measure RTO/RPO.",
+    timeout_seconds=8 * 3600,
+)
+def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
+    """Prove that a backup restores within the RTO and that it is recent enough for the RPO.
+
+    Returns:
+        The drill's history record.
+
+    Raises:
+        RestoreTargetRefused: the scratch database would be the source (before any work).
+        DrillFailed: validation failed or a target was missed (after the report).
+    """
+    params = params or RestoreDrillParams()
+    started = datetime.now(UTC)
+    logger = get_run_logger()
+    # Refusals and configuration first: nothing is read or written before these pass.
+    if params.scratch_database:
+        check_scratch_target(params.scratch_database, [params.source])
+    suite = load_expectations(params.expectations_file)
+    server = resolve_mysql(params.drill_server_block)
+    protected = [params.source, server.database]
+    if params.scratch_database:
+        check_scratch_target(params.scratch_database, protected)
+    stores = {d.region: open_store(d) for d in resolve_store(params.store_block).destinations}
+    order = region_try_order(list(stores), params.prefer_region or None)
+    drill = _Drill(params, started, DrillTargets(rto=params.rto_target, rpo=params.rpo_target))
+    owned = False
+    kept_until: datetime | None = None
+    try:
+        with tags(f"db:{server.host}:{server.port}", "restore-drill"):
+            clock = time.perf_counter()
+            drill.search = find_backup(stores, order, params.source, params.backup)
+            drill.phases["find"] = time.perf_counter() - clock
+            manifest = drill.manifest
+            if manifest is None:
+                raise DrillFailed(
+                    f"no committed backup of {params.source!r} matching {params.backup!r} in "
+                    f"the reachable regions {[r for r in order if r not in drill.search.unreachable]}"
+                )
+            protected.append(manifest.database)
+            drill.scratch = params.scratch_database or scratch_database_name(
+                params.source, manifest.backup_id
+            )
+            check_scratch_target(drill.scratch, protected)
+            marker = DrillMarker(
+                drill_run=str(flow_run.get_id() or "local"),
+                source=params.source,
+                backup_id=manifest.backup_id,
+                created_at=datetime.now(UTC),
+            )
+            for region in drill.search.choice.regions:  # type: ignore[union-attr]
+                clock = time.perf_counter()
+                try:
+                    with transaction():
+                        target = prepare_scratch_target(
+                            server, drill.scratch, marker, protected, manifest.engine
+                        )
+                        owned = True
+                        prepared = time.perf_counter()
+                        stats = restore_copy(
+                            manifest, stores[region], target, params.load_connections
+                        )
+                except (BackupVerificationError, StorageError, RestoreLoadError) as exc:
+                    _record_failed_copy(drill, region, exc, time.perf_counter() - clock)
+                    if isinstance(exc, RestoreLoadError):
+                        break  # the copy matches the manifest: every region holds the same bytes
+                    continue
+                drill.phases["prepare"] = prepared - clock
+                drill.stats = stats
+                drill.attempts.append(
+                    CopyAttempt(region, "restored", objects=stats.objects, seconds=stats.seconds)
+                )
+                break
+            if drill.stats is None:
+                raise DrillFailed("no region's copy could be restored")
+            clock = time.perf_counter()
+            drill.validation = validate_restore(
+                server, drill.scratch, manifest, suite, params.load_connections
+            )
+            drill.phases["validate"] = time.perf_counter() - clock
+            drill.validated_at = datetime.now(UTC)
+            drill.problems += drill.validation.problems
+            if params.keep_hours:
+                status = "passed" if drill.validation.ok else "failed"
+                kept_until = keep_scratch(
+                    server, drill.scratch, status, timedelta(hours=params.keep_hours)
+                )
+    except VibeOpsError as exc:
+        drill.problems.append(
+            str(exc) if isinstance(exc, DrillFailed) else f"{type(exc).__name__}: {exc}"
+        )
+        logger.error("drill failed: %s", exc)
+    finally:
+        if owned and drill.scratch and kept_until is None:
+            teardown_scratch(server, drill.scratch, owned=True)
+            drill.scratch_fate = f"`{drill.scratch}` dropped"
+        elif kept_until is not None:
+            drill.scratch_fate = f"`{drill.scratch}` kept until {kept_until:%Y-%m-%d %H:%M} UTC (cleanup-drills drops it)"
+    record, verdict = _publish(drill)
+    if not verdict.passed:
+        raise DrillFailed(
+            f"restore drill of {params.source!r} failed: " + "; ".join(verdict.reasons)
+        )
+    return record
+
+
+def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: float) -> None:
+    outcome = (
+        "corrupt"
+        if isinstance(exc, BackupVerificationError)
+        else "unreachable"
+        if isinstance(exc, StorageError)
+        else "failed"
+    )
+    manifest = drill.manifest
+    assert manifest is not None
+    objects = [m for m in re.findall(r"(?:gs|file)://\S+", str(exc))] or [
+        f"{region}:{manifest.object_key(o.name)}" for o in manifest.objects
+    ]
+    objects = [o.rstrip(":,") for o in objects]
+    drill.attempts.append(CopyAttempt(region, outcome, str(exc)[:600], objects, seconds))
+    drill.phases["failed_attempts"] = drill.phases.get("failed_attempts", 0.0) + seconds
+    get_run_logger().warning("region %s: %s copy: %s", region, outcome, exc)
+    if outcome == "corrupt":
+        emit_event(
+            event="vibeops.drill.corrupt_copy",
+            resource={
+                "prefect.resource.id": f"vibeops.backup.mysql.{manifest.source}.{region}",
+                "prefect.resource.name": f"{manifest.source} backup copy in {region}",
+                "vibeops.region": region,
+            },
+            related=[_drill_resource(manifest.source)],
+            payload={
+                "backup_id": manifest.backup_id,
+                "region": region,
+                "objects": objects,
+                "error": str(exc)[:500],
+            },
+        )
+
+
+def _drill_resource(source: str) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"vibeops.drill.mysql.{source}",
+        "prefect.resource.role": "drill",
+        "prefect.resource.name": f"restore drill of {source}",
+    }
+
+
+def _publish(drill: _Drill) -> tuple[DrillRecord, Verdict]:
+    """Verdict, history record, artifacts and the passed/failed event."""
+    params, manifest = drill.params, drill.manifest
+    finished = datetime.now(UTC)
+    rto = (
+        drill.validated_at - drill.started
+        if drill.validated_at and drill.validation and drill.validation.ok
+        else None
+    )
+    rpo = rpo_of(drill.started, manifest.consistent_at) if manifest else None
+    verdict = judge(drill.targets, rto, rpo, drill.problems)
+    stats = drill.stats
+    phases = dict(drill.phases)
+    if stats:
+        phases.update(download=stats.download_s, decompress=stats.decompress_s, load=stats.load_s)
+    record = DrillRecord(
+        source=params.source,
+        flow_run_id=str(flow_run.get_id() or ""),
+        flow_run_name=flow_run.get_name(),
+        backup_id=manifest.backup_id if manifest else None,
+        engine=manifest.engine if manifest else None,
+        region=drill.restored_from,
+        corrupt_regions=[a.region for a in drill.attempts if a.outcome == "corrupt"],
+        unreachable_regions=sorted(
+            {a.region for a in drill.attempts if a.outcome == "unreachable"}
+            | set(drill.search.unreachable if drill.search else {})
+        ),
+        started_at=drill.started,
+        finished_at=finished,
+        rto_seconds=rto.total_seconds() if rto else None,
+        rpo_seconds=rpo.total_seconds() if rpo is not None else None,
+        rto_target_seconds=params.rto_target.total_seconds(),
+        rpo_target_seconds=params.rpo_target.total_seconds(),
+        passed=verdict.passed,
+        reasons=list(verdict.reasons),
+        rows=manifest.total_rows if manifest else None,
+        bytes=stats.compressed_bytes if stats else None,
+        phases={k: round(v, 3) for k, v in phases.items()},
+    )
+    path = default_history_path()
+    append_history(path, record)
+    slug = _slug(params.source)
+    create_markdown_artifact(
+        key=f"restore-drill-{slug}",
+        markdown=_report(drill, verdict, record, rto, rpo, phases),
+        description=f"restore-drill {verdict.label}",
+    )
+    create_table_artifact(
+        key=f"restore-drill-history-{slug}",
+        table=[_history_row(r) for r in reversed(read_history(path, params.source, HISTORY_ROWS))],
+        description=f"Last {HISTORY_ROWS} restore drills of {params.source} (newest first)",
+    )
+    emit_event(
+        event=f"vibeops.drill.{'passed' if verdict.passed else 'failed'}",
+        resource=_drill_resource(params.source) | {"prefect.resource.role": "drill"},
+        payload={
+            "backup_id": record.backup_id,
+            "region": record.region,
+            "rto_seconds": record.rto_seconds,
+            "rpo_seconds": record.rpo_seconds,
+            "rto_target_seconds": record.rto_target_seconds,
+            "rpo_target_seconds": record.rpo_target_seconds,
+            "corrupt_regions": record.corrupt_regions,
+            "unreachable_regions": record.unreachable_regions,
+            "reasons": record.reasons[:10],
+        },
+    )
+    get_run_logger().info(
+        "restore drill %s: RTO %s (target %s), RPO %s (target %s)%s",
+        verdict.label,
+        format_duration(rto),
+        format_duration(params.rto_target),
+        format_duration(rpo),
+        format_duration(params.rpo_target),
+        "" if verdict.passed else " - " + "; ".join(verdict.reasons),
+    )
+    return record, verdict
+
+
+def _history_row(r: DrillRecord) -> dict[str, str]:
+    return {
+        "started (UTC)": f"{r.started_at:%Y-%m-%d %H:%M}",
+        "verdict": "PASSED" if r.passed else "FAILED",
+        "backup": r.backup_id or "-",
+        "region": r.region or "-",
+        "RTO s": f"{r.rto_seconds:.1f}" if r.rto_seconds is not None else "-",
+        "RPO s": f"{r.rpo_seconds:.0f}" if r.rpo_seconds is not None else "-",
+        "targets s": f"{r.rto_target_seconds:.0f} / {r.rpo_target_seconds:.0f}",
+        "corrupt copies": ", ".join(r.corrupt_regions) or "-",
+        "reason": (r.reasons[0][:120] if r.reasons else ""),
+    }
+
+
+def _mark(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
+def _report(
+    drill: _Drill,
+    verdict: Verdict,
+    record: DrillRecord,
+    rto: timedelta | None,
+    rpo: timedelta | None,
+    phases: dict[str, float],
+) -> str:
+    params, manifest, stats = drill.params, drill.manifest, drill.stats
+    lines = [
+        f"# Restore drill of `{params.source}`: {verdict.label} {_mark(verdict.passed)}",
+        "",
+        "| objective | measured | target | met |",
+        "|---|---|---|---|",
+        f"| RTO (start to validated restore) | {format_duration(rto)} | "
+        f"{format_duration(params.rto_target)} | {_mark(rto is not None and rto <= params.rto_target)} |",
+        f"| RPO (start minus backup's consistent point) | {format_duration(rpo)} | "
+        f"{format_duration(params.rpo_target)} | {_mark(rpo is not None and rpo <= params.rpo_target)} |",
+        "",
+    ]
+    if verdict.reasons:
+        lines += ["**Why it failed**", "", *[f"- {r}" for r in verdict.reasons], ""]
+    if manifest:
+        lines += [
+            f"Backup `{manifest.backup_id}` ({manifest.engine}, {manifest.codec}), consistent at "
+            f"{manifest.consistent_at:%Y-%m-%d %H:%M:%S} UTC: {len(manifest.tables)} tables, "
+            f"{manifest.total_rows:,} rows, {manifest.total_size / 1e6:,.1f} MB.",
+            "",
+        ]
+    if drill.search and drill.search.choice and drill.search.choice.skipped:
+        lines += [
+            "Newer backups skipped (no readable manifest: interrupted or uncommitted): "
+            + ", ".join(f"`{b}`" for b in drill.search.choice.skipped),
+            "",
+        ]
+    if drill.attempts or (drill.search and drill.search.unreachable):
+        lines += ["## Regions", "", "| region | outcome | detail |", "|---|---|---|"]
+        for region, error in (drill.search.unreachable if drill.search else {}).items():
+            lines.append(f"| {region} | unreachable (listing) ⚠️ | {_cell(error)} |")
+        for attempt in drill.attempts:
+            flag = "" if attempt.outcome == "restored" else " ⚠️"
+            lines.append(
+                f"| {attempt.region} | {attempt.outcome}{flag} | "
+                f"{_cell(attempt.detail or ', '.join(attempt.objects))} |"
+            )
+        if record.corrupt_regions or record.unreachable_regions:
+            lines += [
+                "",
+                f"Fell back to region `{record.region}`."
+                if record.region
+                else "No region's copy was usable.",
+            ]
+        lines.append("")
+    if stats:
+        lines += [
+            f"Loaded {stats.uncompressed_bytes / 1e6:,.1f} MB of SQL ({stats.statements:,} statements) "
+            f"over {stats.connections} connection(s)"
+            + (", binary log skipped for the scratch load" if stats.binlog_skipped else "")
+            + ".",
+            "",
+        ]
+        if stats.ignored_statements:
+            lines += [
+                "Ignored database-switching statements: "
+                + ", ".join(f"`{s}`" for s in stats.ignored_statements[:5]),
+                "",
+            ]
+    if rto is not None or drill.validated_at:
+        total = (drill.validated_at or datetime.now(UTC)) - drill.started
+        breakdown = rto_breakdown(drill.started, drill.started + total, phases)
+        lines += ["## Time to recover", "", "| phase | seconds | share |", "|---|---|---|"]
+        lines += [
+            f"| {n} | {s:.2f} | {share:.0%} |" for n, s, share in breakdown.rows() if s > 0.0005
+        ]
+        lines.append("")
+    if drill.validation:
+        lines += [
+            "## Table parity (manifest vs restored)",
+            "",
+            "| table | rows (backup) | rows (restored) | checksum (backup) | checksum (restored) | ok |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in drill.validation.parity:
+            lines.append(
+                f"| {p.table} | {_num(p.expected_rows)} | {_num(p.actual_rows)} | "
+                f"{p.expected_checksum if p.expected_checksum is not None else '-'} | "
+                f"{p.actual_checksum if p.actual_checksum is not None else '-'} | "
+                f"{_mark(p.ok)}{' ' + p.problem if p.problem else ''} |"
+            )
+        expectations = sorted(
+            drill.validation.expectations, key=lambda e: (e.success, bool(e.skipped), e.table)
+        )
+        lines += [
+            "",
+            "## Expectations",
+            "",
+            "| table | expectation | result | detail |",
+            "|---|---|---|---|",
+        ]
+        for e in expectations:
+            result = "skipped" if e.skipped else ("passed" if e.success else "FAILED ❌")
+            args = ", ".join(f"{k}={v}" for k, v in e.kwargs.items())
+            lines.append(
+                f"| {e.table} | `{e.expectation}`({_cell(args)}) | {result} | {_cell(e.skipped or e.observed)} |"
+            )
+        lines.append("")
+    lines.append(f"Scratch database: {drill.scratch_fate}.")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:300]
+
+
+def _num(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "-"
+
+
+# -- cleanup -----------------------------------------------------------------------------------
+
+
+class CleanupDrillsParams(BaseModel):
+    """Parameters of cleanup-drills (rendered as a form in the Prefect UI)."""
+
+    drill_server_block: str = Field(
+        default="", description="Drill server block; empty = the local server."
+    )
+    stale_after: timedelta = Field(
+        default=timedelta(hours=12),
+        description="Drop unkept drill databases older than this (left by crashed drills).",
+    )
+    force_drop: list[str] = Field(
+        default_factory=list, description="Drill databases to drop now, even inside a keep window."
+    )
+    dry_run: bool = Field(default=True, description="Only report what would be dropped.")
+
+
+@flow(
+    name="cleanup-drills",
+    flow_run_name="cleanup-drills",
+    description="Drop scratch databases of restore drills whose keep window is over.",
+    timeout_seconds=3600,
+)
+def cleanup_drills(params: CleanupDrillsParams | None = None) -> list[CleanupItem]:
+    """Drop expired or abandoned drill databases (never one without a drill marker)."""
+    params = params or CleanupDrillsParams()
+    server = resolve_mysql(params.drill_server_block)
+    with tags(f"db:{server.host}:{server.port}", "restore-drill"):
+        existing = list_drill_databases(server)
+        plan = plan_cleanup(existing, datetime.now(UTC), params.stale_after, params.force_drop)
+        dropped = []
+        if not params.dry_run:
+            for item in plan:
+                if item.drop and teardown_scratch(server, item.database, owned=False):
+                    dropped.append(item.database)
+    mode = "dry run: nothing dropped" if params.dry_run else f"dropped {len(dropped)}"
+    lines = [
+        f"# Drill cleanup on {server.host}:{server.port} ({mode})",
+        "",
+        "| database | action | reason |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {i.database} | {'drop' if i.drop else 'keep'}{' (dry run)' if i.drop and params.dry_run else ''} | {i.reason} |"
+        for i in plan
+    ] or ["| - | - | no drill databases |"]
+    create_markdown_artifact(key="cleanup-drills", markdown="\n".join(lines), description=mode)
+    emit_event(
+        event="vibeops.drill.cleanup",
+        resource={
+            "prefect.resource.id": f"vibeops.drill-server.{server.host}.{server.port}",
+            "prefect.resource.name": f"drill server {server.host}:{server.port}",
+        },
+        payload={
+            "dry_run": params.dry_run,
+            "dropped": dropped,
+            "planned": [i.database for i in plan if i.drop],
+        },
+    )
+    return plan
