@@ -161,6 +161,7 @@ def _plan(
     as_of: datetime,
     shapes: dict[str, TableShape],
     stores: dict[str, ObjectStore],
+    classes: dict[str, str],
     protected: set[str],
     conn: Any,
 ) -> tuple[list[RulePlan], dict[str, str]]:
@@ -168,7 +169,6 @@ def _plan(
     plans: list[RulePlan] = []
     failures: dict[str, str] = {}
     fraction = policy.max_delete_fraction
-    classes = archive_classes(resolve_store(params.store_block)) if stores else {}
     for rule in _selected(policy, params):
         try:
             if getattr(rule, "action", None) == "keep":
@@ -249,6 +249,7 @@ def _execute(
     params: PurgeRetentionParams,
     shapes: dict[str, TableShape],
     stores: dict[str, ObjectStore],
+    classes: dict[str, str],
     conn: Any,
     report: _Progress,
     index: int,
@@ -289,7 +290,7 @@ def _execute(
         totals = run_object_steps(
             stores,
             plan.steps,
-            archive_classes(resolve_store(params.store_block)),
+            classes,
             on_step=lambda done: report.update(index, done / steps),
         )
         outcome.objects_deleted = totals.deleted
@@ -308,6 +309,16 @@ def _execute(
     return outcome
 
 
+def _run_name() -> str:
+    """`purge-retention-<policy>-<dry-run|run>`, from the run's parameters."""
+    from prefect.runtime import flow_run
+
+    raw = flow_run.parameters.get("params") or {}
+    values = raw.model_dump() if isinstance(raw, BaseModel) else dict(raw)
+    mode = "dry-run" if values.get("dry_run", True) else "run"
+    return f"purge-retention-{values.get('policy_block') or 'seed'}-{mode}"
+
+
 def _refuse(policy_name: str, exc: Exception) -> None:
     create_markdown_artifact(
         key="purge-retention-report",
@@ -323,7 +334,7 @@ def _refuse(policy_name: str, exc: Exception) -> None:
 
 @flow(
     name="purge-retention",
-    flow_run_name="purge-retention-{params.policy_block}",
+    flow_run_name=_run_name,
     description="Validate the retention policy, plan every rule, then purge/archive/compress.",
     timeout_seconds=12 * 3600,
 )
@@ -358,11 +369,13 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
         _refuse(policy_name, exc)
         raise
     needs_store = any(isinstance(r, ObjectPrefixRule | BackupRule) for r in rules)
-    stores = open_stores(resolve_store(params.store_block)) if needs_store else {}
+    store_block = resolve_store(params.store_block) if needs_store else None
+    stores = open_stores(store_block) if store_block else {}
+    classes = archive_classes(store_block) if store_block else {}
     protected = set(params.protected_backup_ids)
     if any(isinstance(r, BackupRule) for r in rules):
         protected = drill_references(params.protected_backup_ids) | find_drill_references()
-    plans, plan_failures = _plan(policy, params, as_of, shapes, stores, protected, conn)
+    plans, plan_failures = _plan(policy, params, as_of, shapes, stores, classes, protected, conn)
     plan = RetentionPlan(policy=policy_name, as_of=as_of, rules=plans)
     create_markdown_artifact(
         key="purge-retention-plan",
@@ -393,7 +406,7 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
                 try:
                     outcomes.append(
                         _execute(
-                            rule_plan, policy, params, shapes, stores, conn, report, index,
+                            rule_plan, policy, params, shapes, stores, classes, conn, report, index,
                             deadline,
                         )
                     )  # fmt: skip

@@ -18,15 +18,13 @@ from prefect.tasks import exponential_backoff
 
 from blocks.backup_store import BackupStore
 from tasks.catalog import BackupEntry, scan_backups
-from tasks.errors import BackupVerificationError, StorageError
+from tasks.errors import BackupVerificationError, DestinationMissing, StorageError
 from tasks.retention import COMPRESSED_SUFFIX, ObjectStep
 from tasks.storage import READ_CHUNK, ObjectInfo, ObjectStore, open_store
 
 
 def _transient(task: object, task_run: object, state: object) -> bool:
     """Retry listings on storage hiccups, but not on a missing bucket or folder."""
-    from tasks.errors import DestinationMissing
-
     try:
         state.result()  # type: ignore[attr-defined]
     except DestinationMissing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -397,3 +398,27 @@ def test_plan_markdown_lists_every_rule():
     text = plan.to_markdown()
     assert "| raw | delete | `vb.experiments.created_at` | 2025-01-30 12:00Z | 5 |" in text
     assert plan.has_work
+
+
+def test_daily_deployment_loads_and_runs_for_real():
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.retention import PurgeRetentionParams
+
+    config = yaml.safe_load(Path("prefect.yaml").read_text())
+    deployment = next(
+        d for d in config["deployments"] if d["entrypoint"] == "flows/retention.py:purge_retention"
+    )
+    assert deployment["name"] == "daily"
+    assert deployment["schedules"][0]["timezone"] == "UTC"
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    assert flow.name == "purge-retention"
+    params = PurgeRetentionParams.model_validate(deployment["parameters"]["params"])
+    assert params.dry_run is False
+    assert PurgeRetentionParams().dry_run is True  # manual runs are dry by default
+    schema = parameter_schema(flow.fn).model_dump()
+    assert "PurgeRetentionParams" in str(schema["definitions"])
+    with pytest.raises(ValueError, match="time zone"):
+        PurgeRetentionParams(as_of=datetime(2025, 1, 1))
