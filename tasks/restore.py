@@ -461,6 +461,8 @@ class StatementRouter:
         if self.buffer and not self.buffer.endswith(b"\n"):
             self.buffer += b"\n"
         self._route(final=True)
+        if self.current is not None or self.in_statement or self.delimiter != b";":
+            raise RestoreLoadError("the dump ends inside a statement (truncated SQL)")
 
     # routing
 
