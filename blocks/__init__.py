@@ -5,6 +5,7 @@ Register them with `prefect block register -m blocks`.
 
 from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
 from blocks.gcs_emulator import EmulatorGcpCredentials
+from blocks.kube import KubeCluster
 from blocks.mysql import MySQLConnection
 from blocks.retention import RetentionPolicy
 from blocks.tenants import TenantSettings, TenantTiers
@@ -13,6 +14,7 @@ __all__ = [
     "BackupStore",
     "EmulatorGcpCredentials",
     "GcsDestination",
+    "KubeCluster",
     "LocalFolderDestination",
     "MySQLConnection",
     "RetentionPolicy",
