@@ -230,21 +230,8 @@ class LocalFolderStore(ObjectStore):
 
 
 def gcs_client(destination: GcsDestination):  # type: ignore[no-untyped-def]
-    """Build a storage client from the destination's credentials block.
-
-    With STORAGE_EMULATOR_HOST set (local GCS API server), anonymous credentials are used,
-    because prefect-gcp's GcpCredentials always asks google.auth for default credentials.
-    """
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    credentials_block = destination.gcs_bucket.gcp_credentials
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        return storage.Client(
-            project=credentials_block.project or "vibeops-local",
-            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        )
-    return credentials_block.get_cloud_storage_client()
+    """A storage client built by the destination's credentials block (the only source)."""
+    return destination.gcs_bucket.gcp_credentials.get_cloud_storage_client()
 
 
 class _GcsWriter(ObjectWriter):

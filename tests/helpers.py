@@ -1,0 +1,74 @@
+"""Helpers shared by test modules: saved blocks, reading what a run left in the Prefect API."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
+
+from blocks import BackupStore, LocalFolderDestination, MySQLConnection
+from tasks.mysql import defaults_file
+
+
+def save_block(block: Block, prefix: str = "t") -> str:
+    """Save `block` under a unique name in the test Prefect API and return the name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    block.save(name, overwrite=True)
+    return name
+
+
+def local_store(root: Path, regions: tuple[str, ...] = ("local-a", "local-b")) -> BackupStore:
+    """A BackupStore of local folders under `root`, one per region."""
+    return BackupStore(
+        destinations=[
+            LocalFolderDestination(region=region, path=str(root / region)) for region in regions
+        ]
+    )
+
+
+def run_texts(flow_run_id: uuid.UUID) -> str:
+    """Every log line, artifact body and event of a flow run, as one string (secret scans)."""
+    with get_client(sync_client=True) as client:
+        logs: list = []
+        while page := client.read_logs(
+            log_filter=LogFilter(flow_run_id={"any_": [flow_run_id]}), limit=200, offset=len(logs)
+        ):
+            logs += page
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}), limit=200
+        )
+        response = client.request(
+            "POST",
+            "/events/filter",
+            json={"filter": {"event": {"prefix": ["vibeops."]}}, "limit": 50},
+        )
+    parts = [log.message for log in logs]
+    parts += [str(a.data) + str(a.description) for a in artifacts]
+    parts.append(response.text)
+    return "\n".join(parts)
+
+
+def artifacts_of(flow_run_id: uuid.UUID) -> list:
+    """Artifacts created by one flow run."""
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id={"any_": [flow_run_id]}), limit=200
+            )
+        )
+
+
+def load_sql(conn: MySQLConnection, database: str, sql: bytes) -> None:
+    """Load a dump into `database` with the mariadb client (password via defaults file)."""
+    with defaults_file(conn) as defaults:
+        subprocess.run(
+            ["mariadb", f"--defaults-extra-file={defaults}", database],
+            input=sql,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
