@@ -217,7 +217,7 @@ def read_backup_failures(
         state=FlowRunFilterState(
             type=FlowRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED])
         ),
-        start_time=FlowRunFilterStartTime(after_=datetime.now(UTC) - since),
+        start_time=FlowRunFilterStartTime(after_=datetime.now(UTC) - since),  # type: ignore[arg-type]
     )
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(

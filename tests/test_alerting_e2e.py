@@ -1,0 +1,380 @@
+"""Alerts start runbooks, end to end: Alertmanager -> relay -> Prefect events -> deployment trigger.
+
+Real Debian prometheus-alertmanager, the relay over HTTP, the session's real Prefect server with
+the prefect.yaml deployments registered exactly as written there (triggers, parameters,
+concurrency limits). Alerts are posted to Alertmanager's API, as Prometheus posts them. The runs
+need not execute here: a run created with the right parameters is what the trigger promises.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+
+from tests.fixtures.alerting import (
+    PROJECT_DIR,
+    RELAY_PATH,
+    Alertmanager,
+    PrefectEventRecorder,
+    build_triggers,
+    load_prefect_yaml,
+    make_alert,
+    read_runs_of,
+    relay_metric,
+    triggered_deployment_specs,
+)
+
+pytestmark = pytest.mark.alertmanager
+
+ALERTING = PROJECT_DIR / "deployments" / "alerting"
+RULE_FILES = sorted((ALERTING / "rules").glob("*.rules.yml"))
+
+# alertname -> the deployment its trigger starts (flow/deployment), as the issue maps them.
+RUNBOOKS = {
+    "HighErrorRate": "rollback-deploy/on-alert",
+    "DatabaseConnectionPoolExhausted": "restart-deployment/on-alert",
+    "SlowBenchmarkRun": "recycle-hung-pod/on-alert",
+    "BackupFailed": "backup-mysql/on-alert",
+    "BackupTooOld": "backup-mysql/on-alert",
+}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for_runs(
+    deployment_id: UUID,
+    predicate: Callable[[Any], bool],
+    count: int = 1,
+    timeout_seconds: float = 30,
+) -> list[Any]:
+    """Flow runs of one deployment matching `predicate`, once at least `count` exist."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        runs = [r for r in read_runs_of(deployment_id) if predicate(r)]
+        if len(runs) >= count or time.monotonic() > deadline:
+            assert len(runs) >= count, f"expected {count} run(s) within {timeout_seconds}s"
+            return runs
+        time.sleep(0.25)
+
+
+def params_of(run: Any) -> dict[str, Any]:
+    return run.parameters["params"]
+
+
+def by_test_label(label: str, value: str) -> Callable[[Any], bool]:
+    return lambda event: event.resource.get(f"alert.label.{label}") == value
+
+
+# --- what is shipped -------------------------------------------------------------------------
+
+
+def test_promtool_checks_the_shipped_rules_and_configs():
+    assert len(RULE_FILES) == 2
+    checked = subprocess.run(
+        ["/usr/bin/promtool", "check", "rules", *map(str, RULE_FILES)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 3 rules found" in checked.stdout
+    assert "SUCCESS: 5 rules found" in checked.stdout
+    unit = subprocess.run(
+        ["/usr/bin/promtool", "test", "rules", "rules/rules.test.yml"],
+        cwd=ALERTING,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unit.returncode == 0, unit.stdout + unit.stderr
+    config = subprocess.run(
+        ["/usr/bin/promtool", "check", "config", "prometheus.yml"],
+        cwd=ALERTING,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert config.returncode == 0, config.stdout + config.stderr
+    amtool = shutil.which("amtool") or "/usr/bin/amtool"
+    am = subprocess.run(
+        [amtool, "check-config", str(ALERTING / "alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert am.returncode == 0, am.stdout + am.stderr
+
+
+def test_every_rule_with_a_runbook_has_a_trigger_in_prefect_yaml():
+    import yaml
+
+    rules = [
+        rule
+        for path in RULE_FILES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    with_runbook = {r["alert"]: r["labels"]["runbook"] for r in rules if "runbook" in r["labels"]}
+    assert with_runbook == {name: dep.split("/")[0] for name, dep in RUNBOOKS.items()}
+
+    specs = triggered_deployment_specs(load_prefect_yaml())
+    started_by: dict[str, str] = {}
+    for spec in specs:
+        flow_name = spec["entrypoint"].split(":")[1].replace("_", "-")
+        assert spec.get("concurrency_limit"), f"{flow_name}/{spec['name']} has no concurrency limit"
+        for trigger in build_triggers(spec):
+            assert trigger.expect == {"vibeops.alert.firing"}
+            names = trigger.match.get("alertname")
+            for name in [names] if isinstance(names, str) else names:
+                started_by[name] = f"{flow_name}/{spec['name']}"
+    assert started_by == RUNBOOKS
+    text = (PROJECT_DIR / "prefect.yaml").read_text()
+    # A UUID or a datetime rendered without `| string` silently fails the automation.
+    assert not re.search(r"event\.(id|occurred)\s*}}", text)
+
+
+# --- alerts posted to Alertmanager ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("alertname", "labels", "expected"),
+    [
+        (
+            "HighErrorRate",
+            {"namespace": "staging", "app": "vibebench-core"},
+            {"namespace": "staging", "app": "vibebench-core"},
+        ),
+        (
+            "DatabaseConnectionPoolExhausted",
+            {"namespace": "prod", "deployment": "vibebench-core-prod"},
+            {"namespace": "prod", "deployment": "vibebench-core-prod", "dry_run": False},
+        ),
+        (
+            "SlowBenchmarkRun",
+            {"namespace": "bench", "pod": "vibebench-core-7d9f-abcde"},
+            {"namespace": "bench", "pod": "vibebench-core-7d9f-abcde", "dry_run": False},
+        ),
+    ],
+)
+def test_each_incident_alert_starts_its_runbook(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+    alertname: str,
+    labels: dict[str, str],
+    expected: dict[str, Any],
+):
+    case = unique("case")
+    alertmanager.post_alerts(
+        [make_alert(alertname, {**labels, "case": case, "severity": "critical"}, {"summary": "s!"})]
+    )
+    event = prefect_alert_events.wait_for(by_test_label("case", case))[0]
+    fingerprint = event.resource["alert.fingerprint"]
+    assert event.event == "vibeops.alert.firing"
+    assert event.resource.id == f"alertmanager.alert.{fingerprint}"
+    assert event.resource["alertname"] == alertname
+
+    deployment_id = alert_deployments[RUNBOOKS[alertname]]
+    [run] = wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))
+    params = params_of(run)
+    for key, value in expected.items():
+        assert params[key] == value, key
+    if alertname == "HighErrorRate":  # deploy-staging's rollback path: the reason names the alert
+        assert params["reason"] == f"alert HighErrorRate {fingerprint} (event {event.id}): s!"
+    else:
+        alert = params["alert"]
+        assert alert["alertname"] == alertname
+        assert alert["fingerprint"] == fingerprint
+        assert alert["event_id"] == str(event.id)
+        assert alert["severity"] == "critical"
+        assert alert["summary"] == "s!"
+        assert alert["starts_at"] == event.payload["startsAt"]
+        assert alert["received_at"]
+        assert alert["generator_url"].startswith("http://prometheus.example:9090/")
+    # no other runbook started for it
+    for name, other in alert_deployments.items():
+        if name != RUNBOOKS[alertname]:
+            assert not [r for r in read_runs_of(other) if _mentions(r, fingerprint)]
+
+
+@pytest.mark.parametrize("alertname", ["BackupFailed", "BackupTooOld"])
+def test_backup_alerts_start_backup_mysql(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+    alertname: str,
+):
+    source = unique("alerttest").replace("-", "_")
+    alertmanager.post_alerts([make_alert(alertname, {"kind": "mysql", "source": source})])
+    prefect_alert_events.wait_for(by_test_label("source", source))
+    deployment_id = alert_deployments["backup-mysql/on-alert"]
+    [run] = wait_for_runs(deployment_id, lambda r: params_of(r).get("source") == source)
+    assert params_of(run)["database"] == source
+
+
+def test_the_same_alert_posted_20_times_starts_one_run(
+    alertmanager: Alertmanager,
+    alert_relay: Any,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+):
+    deduplicated_before = relay_metric(alert_relay.url, "vibeops_relay_alerts_deduplicated_total")
+    case = unique("storm")
+    alert = make_alert("DatabaseConnectionPoolExhausted", {"namespace": "prod", "case": case})
+    for _ in range(20):
+        alertmanager.post_alerts([alert])
+        time.sleep(0.25)  # 5 s: Alertmanager re-sends the firing group every ~2 s
+    event = prefect_alert_events.wait_for(by_test_label("case", case))[0]
+    fingerprint = event.resource["alert.fingerprint"]
+    deployment_id = alert_deployments[RUNBOOKS["DatabaseConnectionPoolExhausted"]]
+    wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))
+
+    # Alertmanager did re-send, and the relay dropped the repeats
+    deadline = time.monotonic() + 15
+    while relay_metric(alert_relay.url, "vibeops_relay_alerts_deduplicated_total") <= (
+        deduplicated_before
+    ):
+        assert time.monotonic() < deadline, "Alertmanager never repeated the alert"
+        time.sleep(0.2)
+    time.sleep(2)  # any extra run would be created ~0.3 s after an extra event
+    assert len(prefect_alert_events.matching(by_test_label("case", case))) == 1
+    runs = [r for r in read_runs_of(deployment_id) if _mentions(r, fingerprint)]
+    assert len(runs) == 1
+
+
+def test_a_resolved_alert_starts_no_new_run(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+):
+    case = unique("resolve")
+    labels = {"namespace": "bench", "pod": "runner-1", "case": case}
+    alertmanager.post_alerts([make_alert("SlowBenchmarkRun", labels)])
+    fired = prefect_alert_events.wait_for(by_test_label("case", case))[0]
+    fingerprint = fired.resource["alert.fingerprint"]
+    deployment_id = alert_deployments[RUNBOOKS["SlowBenchmarkRun"]]
+    wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))
+
+    alertmanager.post_alerts([make_alert("SlowBenchmarkRun", labels, resolved=True)])
+    resolved = prefect_alert_events.wait_for(
+        lambda e: by_test_label("case", case)(e) and e.event == "vibeops.alert.resolved"
+    )[0]
+    assert resolved.resource.id == fired.resource.id
+    assert resolved.payload["endsAt"]
+    # barrier: a later firing alert's run exists, so the resolved event has been evaluated
+    barrier = _barrier_run(alertmanager, alert_deployments, prefect_alert_events)
+    assert barrier
+    runs = [r for r in read_runs_of(deployment_id) if _mentions(r, fingerprint)]
+    assert len(runs) == 1
+
+
+def test_an_unknown_alertname_emits_an_event_but_starts_nothing(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+):
+    case = unique("unknown")
+    alertmanager.post_alerts([make_alert("DiskAlmostFull", {"namespace": "prod", "case": case})])
+    event = prefect_alert_events.wait_for(by_test_label("case", case))[0]
+    assert event.event == "vibeops.alert.firing"
+    assert event.resource["alertname"] == "DiskAlmostFull"
+    fingerprint = event.resource["alert.fingerprint"]
+    _barrier_run(alertmanager, alert_deployments, prefect_alert_events)
+    for deployment_id in alert_deployments.values():
+        assert not [r for r in read_runs_of(deployment_id) if _mentions(r, fingerprint, case)]
+
+
+# --- posts straight to the relay (what Alertmanager would never send) -------------------------
+
+
+def test_unauthenticated_post_gets_401_and_no_event(
+    alertmanager: Alertmanager,
+    alert_relay: Any,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+):
+    case = unique("noauth")
+    body = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "vibeops-relay",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "HighErrorRate", "case": case},
+                "annotations": {},
+                "startsAt": "2025-01-01T00:00:00Z",
+                "fingerprint": "feedfacefeedface",
+            }
+        ],
+    }
+    url = f"{alert_relay.url}{RELAY_PATH}"
+    assert httpx.post(url, json=body, timeout=10).status_code == 401
+    wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    _barrier_run(alertmanager, alert_deployments, prefect_alert_events)
+    assert prefect_alert_events.matching(by_test_label("case", case)) == []
+    for deployment_id in alert_deployments.values():
+        assert not [r for r in read_runs_of(deployment_id) if _mentions(r, "feedface", case)]
+
+
+def test_malformed_json_and_missing_alerts_get_400(alert_relay: Any, relay_token: str):
+    url = f"{alert_relay.url}{RELAY_PATH}"
+    headers = {"Authorization": f"Bearer {relay_token}", "Content-Type": "application/json"}
+    malformed = httpx.post(url, content=b'{"alerts": [', headers=headers, timeout=10)
+    assert malformed.status_code == 400
+    assert "not valid JSON" in malformed.json()["error"]
+    missing = httpx.post(url, json={"version": "4", "receiver": "x"}, headers=headers, timeout=10)
+    assert missing.status_code == 400
+    assert "no 'alerts' field" in missing.json()["error"]
+    assert httpx.get(f"{alert_relay.url}/health", timeout=10).json() == {"status": "ok"}
+    assert httpx.get(f"{alert_relay.url}/ready", timeout=10).status_code == 200
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _mentions(run: Any, *needles: str) -> bool:
+    text = str(run.parameters)
+    return any(n in text for n in needles)
+
+
+def _barrier_run(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+) -> Any:
+    """Post a mapped alert and wait for its run: Prefect evaluates events in order, so anything
+    posted before it has been evaluated by then (a deterministic 'nothing else happened')."""
+    case = unique("barrier")
+    alertmanager.post_alerts(
+        [make_alert("HighErrorRate", {"namespace": "barrier", "app": "b", "case": case})]
+    )
+    event = prefect_alert_events.wait_for(by_test_label("case", case))[0]
+    fingerprint = event.resource["alert.fingerprint"]
+    deployment_id = alert_deployments[RUNBOOKS["HighErrorRate"]]
+    return wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))[0]
+
+
+def test_relay_log_never_holds_the_token(alert_relay: Any, relay_token: str, caplog):
+    caplog.set_level("DEBUG", logger="vibeops.relay")
+    httpx.post(
+        f"{alert_relay.url}{RELAY_PATH}",
+        content=b"{",
+        headers={"Authorization": f"Bearer {relay_token}"},
+        timeout=10,
+    )
+    httpx.post(f"{alert_relay.url}{RELAY_PATH}", content=b"{", timeout=10)
+    assert caplog.records, "the relay logs refusals"
+    assert all(relay_token not in r.getMessage() for r in caplog.records)
