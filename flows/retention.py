@@ -246,7 +246,6 @@ class _Progress:
 def _execute(
     plan: RulePlan,
     policy: RetentionPolicy,
-    params: PurgeRetentionParams,
     shapes: dict[str, TableShape],
     stores: dict[str, ObjectStore],
     classes: dict[str, str],
@@ -406,7 +405,7 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
                 try:
                     outcomes.append(
                         _execute(
-                            rule_plan, policy, params, shapes, stores, classes, conn, report, index,
+                            rule_plan, policy, shapes, stores, classes, conn, report, index,
                             deadline,
                         )
                     )  # fmt: skip

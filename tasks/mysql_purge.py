@@ -20,24 +20,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from blocks.mysql import MySQLConnection
-from tasks.errors import DatabaseUnreachable, RetentionPolicyInvalid
+from tasks.backup import retry_transient
+from tasks.errors import RetentionPolicyInvalid
 from tasks.mysql import connect, quote_identifier, translate_error
 from tasks.retention import TableFacts
 
 TIME_TYPES = ("date", "datetime", "timestamp")
 INTEGER_TYPES = ("tinyint", "smallint", "mediumint", "int", "bigint")
 _RETRY_CHUNK_CODES = {1205, 1213}  # lock wait timeout, deadlock: the chunk is simply retried
-
-
-def _transient(task: object, task_run: object, state: object) -> bool:
-    """Retry only when the server could not be reached."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except DatabaseUnreachable:
-        return True
-    except Exception:
-        return False
-    return False
 
 
 def _session(cursor: pymysql.cursors.Cursor) -> None:
@@ -131,7 +121,7 @@ def check_table_rules(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_transient,
 )
 def count_expired_rows(conn: MySQLConnection, shape: TableShape, cutoff: datetime) -> TableFacts:
     """How many rows of a table are older than `cutoff`, of how many, and their key range."""
@@ -200,7 +190,7 @@ class PurgeResult:
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_transient,
 )
 def purge_expired_rows(
     conn: MySQLConnection,

@@ -17,23 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from blocks.backup_store import BackupStore
+from tasks.backup import retry_transient
 from tasks.catalog import BackupEntry, scan_backups
-from tasks.errors import BackupVerificationError, DestinationMissing, StorageError
+from tasks.errors import BackupVerificationError
 from tasks.retention import COMPRESSED_SUFFIX, ObjectStep
 from tasks.storage import READ_CHUNK, ObjectInfo, ObjectStore, open_store
-
-
-def _transient(task: object, task_run: object, state: object) -> bool:
-    """Retry listings on storage hiccups, but not on a missing bucket or folder."""
-    try:
-        state.result()  # type: ignore[attr-defined]
-    except DestinationMissing:
-        return False
-    except StorageError:
-        return True
-    except Exception as exc:
-        return type(exc).__module__.startswith(("google.api_core", "requests", "urllib3"))
-    return False
 
 
 def open_stores(store: BackupStore) -> dict[str, ObjectStore]:
@@ -55,7 +43,7 @@ def archive_classes(store: BackupStore) -> dict[str, str]:
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_transient,
 )
 def list_prefix(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
     """Every object under `prefix` in one region."""
@@ -68,7 +56,7 @@ def list_prefix(store: ObjectStore, prefix: str) -> list[ObjectInfo]:
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_transient,
 )
 def scan_backup_catalog(
     store: ObjectStore, backup_kind: str, sources: Sequence[str] = ()
@@ -170,6 +158,7 @@ def _gzip_digest(store: ObjectStore, key: str) -> tuple[str, int] | None:
     return result if inflater.eof else None
 
 
+@task(cache_policy=NO_CACHE, name="run-object-steps")
 def run_object_steps(
     stores: dict[str, ObjectStore],
     steps: Sequence[ObjectStep],
