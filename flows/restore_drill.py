@@ -186,7 +186,6 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
         DrillFailed: validation failed or a target was missed (after the report).
     """
     params = params or RestoreDrillParams()
-    started = datetime.now(UTC)
     logger = get_run_logger()
     # Refusals and configuration first: nothing is read or written before these pass.
     if params.scratch_database:
@@ -198,6 +197,9 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
         check_scratch_target(params.scratch_database, protected)
     stores = {d.region: open_store(d) for d in resolve_store(params.store_block).destinations}
     order = region_try_order(list(stores), params.prefer_region or None)
+    # The recovery clock starts once the configuration is known good: an incident pays for
+    # finding, restoring and validating the backup, not for loading this drill's suite.
+    started = datetime.now(UTC)
     drill = _Drill(params, started, DrillTargets(rto=params.rto_target, rpo=params.rpo_target))
     owned = False
     kept_until: datetime | None = None
@@ -273,9 +275,11 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
             drill.scratch_fate = f"`{drill.scratch}` kept until {kept_until:%Y-%m-%d %H:%M} UTC (cleanup-drills drops it)"
     record, verdict = _publish(drill)
     if not verdict.passed:
-        raise DrillFailed(
+        error = DrillFailed(
             f"restore drill of {params.source!r} failed: " + "; ".join(verdict.reasons)
         )
+        error.record = record  # type: ignore[attr-defined]  # for callers printing RTO/RPO
+        raise error
     return record
 
 

@@ -340,6 +340,7 @@ def test_backup_older_than_the_rpo_target_fails_on_rpo(
     assert state.is_failed()
     error = failure(state)
     assert "RPO 2h00m" in str(error) and "exceeds the target 1h00m00s" in str(error)
+    assert error.record.rpo_seconds > 7200 and not error.record.passed
     [record] = read_history(default_history_path(), source_db)
     assert record.rto_seconds is not None, "the restore itself was good"
     assert len(record.reasons) == 1

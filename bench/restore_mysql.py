@@ -1,0 +1,179 @@
+"""Benchmark: the restore drill's restore phase against `zstd -dc dump | mysql scratch`.
+
+Starts its own private MariaDB (tasks.local_stack.PrivateMariaDB) in a temporary folder,
+seeds an `experiments`-shaped database (id, ai_model, task_id, created_at, score, ~500-byte
+payload) with N rows, backs it up with the project's backup-mysql flow into two local
+regions, then measures in one run, on the same server and the same dump object:
+
+  (a) baseline: `zstd -dc <object> | mariadb <scratch>`
+  (b) the drill's restore phase (download + sha256 + decompress + load, tasks.restore) into a
+      scratch database, single stream (1 connection) and parallel (--connections)
+  (c) the whole restore-drill flow (find, restore, parity + CHECKSUM TABLE + expectations)
+
+and prints, last:
+
+    RESULT restore_vs_baseline=<b_parallel/a> rto_s=<c> rows=<N> single_stream=<b_single/a> connections=<k>
+
+Targets: single stream <= 1.1, parallel <= 0.7 (this machine: 2 cores).
+Usage: uv run python bench/restore_mysql.py [--rows 2000000] [--connections 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_DIR))
+
+
+def seed(conn, database: str, rows: int, batch: int = 100_000) -> None:  # type: ignore[no-untyped-def]
+    """Schema and reference rows from tasks.sample_data; experiments generated server-side."""
+    from tasks.mysql import connect
+    from tasks.sample_data import AI_MODELS, create_database, seed_reference_rows
+
+    create_database(conn, database, drop_first=True)
+    seed_reference_rows(conn, database)
+    models = ", ".join(f"'{m}'" for m in AI_MODELS)
+    with connect(conn, database) as connection, connection.cursor() as cur:
+        for start in range(1, rows + 1, batch):
+            end = min(rows, start + batch - 1)
+            # ~500 bytes of mostly hex payload: compresses about as well as real JSON.
+            cur.execute(
+                "INSERT INTO experiments (id, ai_model, task_id, created_at, score, payload)"
+                f" SELECT seq, ELT(1 + seq % {len(AI_MODELS)}, {models}), seq % 500,"
+                " TIMESTAMP('2025-01-01') + INTERVAL seq SECOND,"
+                " IF(seq % 97 = 0, NULL, ROUND(RAND(seq) * 100, 3)),"
+                ' CONCAT(\'{"run":\', seq, \',"prompt":"task \', seq % 500, \' \u2014 \u00fcn\u00efc\u00f8d\u00e9","pad":"\','
+                " MD5(seq), SHA2(seq, 512), SHA2(seq * 7, 512), SHA2(seq * 13, 512),"
+                " SHA2(seq * 17, 256), '\"}')"
+                f" FROM seq_{start}_to_{end}"
+            )
+
+
+def timed(label: str, fn):  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - started
+    print(f"{label}: {seconds:.2f} s", flush=True)
+    return seconds, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--connections", type=int, default=2, help="parallel load connections")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="vibeops-bench-restore-"))
+    os.environ.update(
+        {
+            "VIBEOPS_HOME": str(workdir / "home"),
+            "PREFECT_HOME": str(workdir / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        }
+    )
+    from tasks.local_stack import PrivateMariaDB
+
+    server = PrivateMariaDB(base_dir=workdir / "mariadb").start()
+    os.environ["VIBEOPS_MYSQL_PORT"] = str(server.port)
+    try:
+        run(args, server.port)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, port: int) -> None:
+    from blocks.defaults import local_backup_store, local_mysql_connection
+    from flows.backup import BackupMySQLParams, backup_mysql
+    from flows.restore_drill import RestoreDrillParams, restore_drill
+    from tasks.drill import DrillMarker
+    from tasks.mysql import defaults_file, table_row_counts
+    from tasks.restore import create_scratch_database, drop_scratch_database, restore_logical_dump
+    from tasks.storage import open_store
+
+    conn = local_mysql_connection("vibebench")
+    print(f"MariaDB on port {port}; seeding {args.rows:,} rows", flush=True)
+    timed("seed", lambda: seed(conn, "vibebench", args.rows))
+    manifest = backup_mysql(BackupMySQLParams(source="vibebench", database="vibebench"))
+    store = open_store(local_backup_store().destinations[0])
+    obj = manifest.objects[0]
+    path = Path(store.root) / manifest.object_key(obj.name)  # type: ignore[attr-defined]
+    print(
+        f"backup {manifest.backup_id}: {obj.size / 1e6:.1f} MB {manifest.codec} from "
+        f"{(obj.uncompressed_size or 0) / 1e6:.1f} MB of SQL",
+        flush=True,
+    )
+
+    def baseline() -> None:
+        with defaults_file(conn) as cnf:
+            subprocess.run(
+                ["mariadb", f"--defaults-extra-file={cnf}", "-e", "CREATE DATABASE bench_baseline"],
+                check=True,
+            )
+            pipeline = f"zstd -dc {path} | mariadb --defaults-extra-file={cnf} bench_baseline"
+            subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True)
+
+    a, _ = timed("(a) baseline zstd -dc | mariadb", baseline)
+    assert table_row_counts(conn, "bench_baseline", ["experiments"])["experiments"] == args.rows
+    drop(conn, "bench_baseline")
+
+    def drill_restore(connections: int) -> float:
+        name = f"drill_bench_{connections}"
+        marker = DrillMarker("bench", "vibebench", manifest.backup_id, datetime.now(UTC))
+        create_scratch_database(conn, name, marker, ["vibebench"])
+        try:
+            seconds, stats = timed(
+                f"(b) drill restore phase, {connections} connection(s)",
+                lambda: restore_logical_dump(manifest, store, conn, name, connections),
+            )
+            print(
+                f"    download {stats.download_s:.2f} s, decompress+route {stats.decompress_s:.2f} s,"
+                f" waiting for the load {stats.load_s:.2f} s, binlog skipped: {stats.binlog_skipped}",
+                flush=True,
+            )
+            rows = table_row_counts(conn, name, ["experiments"])["experiments"]
+            assert rows == args.rows, rows
+        finally:
+            drop_scratch_database(conn, name, owned=True)
+        return seconds
+
+    single = drill_restore(1)
+    parallel = drill_restore(args.connections) if args.connections > 1 else single
+    record = restore_drill(
+        RestoreDrillParams(source="vibebench", load_connections=args.connections)
+    )
+    print(
+        f"(c) whole drill: RTO {record.rto_seconds:.2f} s "
+        + ", ".join(f"{k} {v:.2f}" for k, v in record.phases.items()),
+        flush=True,
+    )
+    print(
+        f"single stream {single / a:.2f}x baseline, {args.connections} connections {parallel / a:.2f}x"
+    )
+    print(
+        f"RESULT restore_vs_baseline={parallel / a:.2f} rto_s={record.rto_seconds:.1f} "
+        f"rows={args.rows} single_stream={single / a:.2f} connections={args.connections}"
+    )
+
+
+def drop(conn, database: str) -> None:  # type: ignore[no-untyped-def]
+    from tasks.mysql import connect
+
+    with connect(conn) as connection, connection.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+if __name__ == "__main__":
+    main()
