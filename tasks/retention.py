@@ -336,6 +336,11 @@ def _kind_problems(rule: Any) -> list[str]:
             previous = tier.until_days
         if not rule.tiers:
             problems.append(f"rule {name!r}: tiers must list at least one tier")
+        elif is_audit(rule) and rule.delete_after_last_tier and previous < AUDIT_MIN_DAYS:
+            problems.append(
+                f"rule {name!r}: audit data must be kept 7 years; the last tier ends at "
+                f"{previous} days. Extend it to at least {AUDIT_MIN_DAYS} days"
+            )
     if rule.enabled and rule.kind not in EXECUTABLE_KINDS:
         problems.append(
             f"rule {name!r}: kind {rule.kind!r} is modelled but has no executor yet; "

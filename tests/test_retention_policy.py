@@ -176,6 +176,10 @@ def test_names_identifiers_prefixes_and_unexecutable_kinds_are_checked():
         }
     )
     assert "greater than the previous tier" in refused([bad])
+    audit = influx.model_copy(
+        update={"enabled": False, "bucket": "audit_events", "delete_after_last_tier": True}
+    )
+    assert "the last tier ends at 365 days" in refused([audit])
 
 
 def test_every_problem_is_listed_at_once():
