@@ -1,0 +1,79 @@
+"""prefect.yaml is what runs in production: every entrypoint loads and every deployment applies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.flows import load_flow_from_entrypoint
+from prefect.settings import PREFECT_API_URL
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = SPEC["deployments"]
+
+
+def _deployment_id(spec: dict) -> str:
+    return f"{spec['entrypoint']}::{spec['name']}"
+
+
+@pytest.mark.parametrize("spec", DEPLOYMENTS, ids=_deployment_id)
+def test_entrypoint_loads_and_takes_one_parameter_model(spec: dict) -> None:
+    flow = load_flow_from_entrypoint(spec["entrypoint"])
+    schema = flow.parameters.model_dump()
+    assert list(schema["properties"]) == ["params"], "each flow takes one pydantic parameter model"
+    assert schema["definitions"], "the parameter model renders as a form (JSON schema)"
+    assert spec["work_pool"]["name"] == "vibeops-process"
+    assert spec.get("concurrency_limit") == 1, "every deployment has a concurrency limit"
+    assert spec.get("description")
+    for schedule in spec.get("schedules", []):
+        assert schedule["timezone"] == "UTC"
+
+
+def test_deploy_all_applies_every_deployment_to_a_real_server(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "VIBEOPS_PROJECT_DIR": str(ROOT),
+    }
+    prefect = [sys.executable, "-m", "prefect"]
+    subprocess.run(
+        [*prefect, "work-pool", "create", "vibeops-process", "--type", "process", "--overwrite"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    result = subprocess.run(
+        [*prefect, "--no-prompt", "deploy", "--all"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        deployed = {
+            (flow_name, d.name): d
+            for d in client.read_deployments()
+            for flow_name in [client.read_flow(d.flow_id).name]
+        }
+    nightly = deployed[("backup-mysql", "nightly")]
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert nightly.parameter_openapi_schema["definitions"]["BackupMySQLParams"]
+    assert nightly.work_pool_name == "vibeops-process"
+    names = {f"{flow}/{name}" for flow, name in deployed}
+    for expected in [
+        "backup-mysql/nightly",
+        "restore-drill/weekly",
+        "purge-retention/daily",
+        "deploy-staging/on-demand",
+    ]:
+        assert expected in names, sorted(names)
+    assert len([d for d in DEPLOYMENTS]) <= len(deployed)
