@@ -116,6 +116,22 @@ def test_promtool_checks_the_shipped_rules_and_configs():
     assert am.returncode == 0, am.stdout + am.stderr
 
 
+def test_relay_manifest_is_valid_kubernetes_and_runs_the_cli_command():
+    import kubernetes_validate
+    import yaml
+
+    docs = list(yaml.safe_load_all((ALERTING / "kubernetes" / "relay.yaml").read_text()))
+    assert [d["kind"] for d in docs] == ["Deployment", "Service", "NetworkPolicy"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.31.0", strict=True)
+    container = docs[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "relay"
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["VIBEOPS_RELAY_TOKEN"]["valueFrom"]  # never a literal value
+    dockerfile = (PROJECT_DIR / "deployments" / "relay" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/app/.venv/bin/vibeops"]' in dockerfile
+
+
 def test_every_rule_with_a_runbook_has_a_trigger_in_prefect_yaml():
     import yaml
 
