@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -284,7 +285,7 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
 
 
 def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: float) -> None:
-    outcome = (
+    outcome: Literal["corrupt", "unreachable", "failed"] = (
         "corrupt"
         if isinstance(exc, BackupVerificationError)
         else "unreachable"
@@ -293,7 +294,7 @@ def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: flo
     )
     manifest = drill.manifest
     assert manifest is not None
-    objects = [m for m in re.findall(r"(?:gs|file)://\S+", str(exc))] or [
+    objects = re.findall(r"(?:gs|file)://\S+", str(exc)) or [
         f"{region}:{manifest.object_key(o.name)}" for o in manifest.objects
     ]
     objects = [o.rstrip(":,") for o in objects]

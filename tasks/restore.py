@@ -126,7 +126,7 @@ def read_drill_markers(
                 " WHERE table_schema = %s AND table_name = %s",
                 (name, MARKER_TABLE),
             )
-            if not int(cur.fetchone()[0]):
+            if not int(cur.fetchone()[0]):  # type: ignore[index]
                 result[name] = None
                 continue
             cur.execute(
@@ -327,7 +327,7 @@ class _Client:
         assert stdin is not None
         try:
             while (item := self.queue.get()) is not _CLOSE:
-                stdin.write(item)  # type: ignore[arg-type]
+                stdin.write(item)  # type: ignore[call-overload]
             stdin.close()
         except OSError:
             self.broken.set()

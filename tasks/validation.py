@@ -11,6 +11,7 @@ Two layers:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -260,6 +261,7 @@ def run_expectations(
     if not planned:
         return outcomes
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     import great_expectations.expectations as gxe
     import pymysql
@@ -268,18 +270,20 @@ def run_expectations(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     # The password never enters the URL: connections come from the block through `creator`.
-    source = context.data_sources.add_sql(
+    source = context.data_sources.add_sql(  # type: ignore[call-arg]
         name=f"drill-{database}",
         connection_string=f"mysql+pymysql://{conn.user}@{conn.host}:{conn.port}/{database}",
         kwargs={"creator": lambda: pymysql.connect(**conn.pymysql_kwargs(database))},
     )
     try:
-        for table, specs in planned.items():
+        for table, entries in planned.items():
             asset = source.add_table_asset(name=table, table_name=table)
             batch = asset.add_batch_definition_whole_table(f"{table}-all").get_batch()
             expectation_suite = gx.ExpectationSuite(name=f"drill-{table}")
-            for spec, kwargs in specs:
-                expectation_suite.add_expectation(getattr(gxe, _class_name(spec.type))(**kwargs))
+            for entry, arguments in entries:
+                expectation_suite.add_expectation(
+                    getattr(gxe, _class_name(entry.type))(**arguments)
+                )
             result = batch.validate(expectation_suite)
             for item in result.results:
                 config = item.expectation_config
