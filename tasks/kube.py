@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction
 
@@ -47,6 +49,15 @@ from tasks.errors import KubernetesApiError, RolloutTimeoutError
 
 if TYPE_CHECKING:
     from blocks.kube import KubeCluster
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger inside a flow/task run, else a module logger (for `.fn()` calls)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
 
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 ObjectKind = Literal["Deployment", "Service"]
@@ -271,14 +282,14 @@ def set_deployment_image(
     replicas: int | None = None,
 ) -> dict[str, Any]:
     """Patch one container's image (idempotent: the same patch twice is one change)."""
-    get_run_logger().info("setting %s/%s container %s to %s", namespace, name, container, image)
+    _log().info("setting %s/%s container %s to %s", namespace, name, container, image)
     return patch_deployment(cluster, namespace, name, image_patch(container, image, replicas))
 
 
 @task(name="scale-deployment", **API_RETRIES)
 def scale_deployment(cluster: KubeCluster, namespace: str, name: str, replicas: int) -> None:
     """Set a Deployment's replica count."""
-    get_run_logger().info("scaling %s/%s to %s", namespace, name, replicas)
+    _log().info("scaling %s/%s to %s", namespace, name, replicas)
     patch_deployment(cluster, namespace, name, {"spec": {"replicas": replicas}})
 
 
@@ -291,7 +302,7 @@ def rollout_restart(
     Returns the timestamp written (a retry with the same `at` changes nothing).
     """
     stamp = (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    get_run_logger().info("rollout restart of %s/%s at %s", namespace, name, stamp)
+    _log().info("rollout restart of %s/%s at %s", namespace, name, stamp)
     patch_deployment(
         cluster,
         namespace,
@@ -316,7 +327,7 @@ def wait_for_rollout(
         RolloutTimeoutError: not done within `timeout_seconds` or the deadline was exceeded.
     """
     status = poll_rollout(cluster, namespace, name, timeout_seconds, interval_seconds)
-    get_run_logger().info("%s/%s: %s", namespace, name, status.message)
+    _log().info("%s/%s: %s", namespace, name, status.message)
     return status
 
 
@@ -325,7 +336,7 @@ def patch_service_selector(
     cluster: KubeCluster, namespace: str, name: str, selector: dict[str, str]
 ) -> dict[str, Any]:
     """Merge `selector` into a Service's selector (the blue-green switch)."""
-    get_run_logger().info("service %s/%s selector <- %s", namespace, name, selector)
+    _log().info("service %s/%s selector <- %s", namespace, name, selector)
     return patch_service(cluster, namespace, name, {"spec": {"selector": selector}})
 
 
@@ -426,7 +437,7 @@ def delete_pod(
         if exc.status == 404:
             return False
         raise
-    get_run_logger().info("deleted pod %s/%s", namespace, pod)
+    _log().info("deleted pod %s/%s", namespace, pod)
     return True
 
 
@@ -460,7 +471,7 @@ def deploy_image(
                 ),
             },
         )
-    get_run_logger().info("deploying %s to %s/%s (was %s)", image, namespace, name, previous_image)
+    _log().info("deploying %s to %s/%s (was %s)", image, namespace, name, previous_image)
     return patch_deployment(cluster, namespace, name, image_patch(container, image, replicas))
 
 
@@ -481,7 +492,7 @@ def switch_service_colour(
             "undo",
             {"cluster": cluster, "namespace": namespace, "service": service, "colour": from_colour},
         )
-    get_run_logger().info("switching %s/%s: %s -> %s", namespace, service, from_colour, to_colour)
+    _log().info("switching %s/%s: %s -> %s", namespace, service, from_colour, to_colour)
     return patch_service(cluster, namespace, service, selector_patch(to_colour))
 
 

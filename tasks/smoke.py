@@ -18,13 +18,23 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import time
 
 import httpx
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from tasks.deploy_rules import SmokeCheck, SmokeResult, judge_smoke
 from tasks.errors import SmokeTestFailed
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger inside a flow/task run, else a module logger (for `.fn()` calls)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 def probe(client: httpx.Client, base_url: str, check: SmokeCheck, target: str) -> SmokeResult:
@@ -60,7 +70,7 @@ def run_smoke_checks(
 
     Returns the last round's results (check them with `require_passing`).
     """
-    logger = get_run_logger()
+    logger = _log()
     results: list[SmokeResult] = []
     for attempt in range(1, attempts + 1):
         results = smoke_round(base_url, checks, target, timeout_seconds)

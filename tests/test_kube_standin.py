@@ -462,3 +462,96 @@ def test_service_proxy_follows_the_selector(kube_api: KubeStandIn) -> None:
         )
         api_client.close()
         assert httpx.get(url).text == "green"
+
+
+# ------------------------------------------------------------------ runbook tasks (tasks/kube.py)
+# The same test runs against the stand-in and, when VIBEOPS_TEST_KUBECONFIG is set, a real
+# disposable cluster (it creates and deletes its own namespace there).
+
+
+@pytest.fixture(params=["standin", "real"])
+def runbook_cluster(request: pytest.FixtureRequest) -> Any:
+    from blocks import KubeCluster
+
+    if request.param == "standin":
+        standin: KubeStandIn = request.getfixturevalue("kube_api")
+        return KubeCluster(credentials=standin.credentials())
+    import yaml
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+    path = request.getfixturevalue("real_kubeconfig")
+    config = yaml.safe_load(path.read_text())
+    return KubeCluster(
+        credentials=KubernetesCredentials(
+            cluster_config=KubernetesClusterConfig(
+                config=config, context_name=config["current-context"]
+            )
+        )
+    )
+
+
+def test_runbook_tasks(runbook_cluster: Any) -> None:
+    import uuid
+
+    from tasks.errors import KubernetesApiError, RolloutTimeoutError
+    from tasks.kube import (
+        api_client,
+        delete_pod,
+        list_pods,
+        read_pod_log,
+        rollout_restart,
+        scale_deployment,
+        wait_for_rollout,
+    )
+
+    ns = f"runbook-{uuid.uuid4().hex[:6]}"
+    with api_client(runbook_cluster) as client:
+        kubernetes.client.CoreV1Api(client).create_namespace({"metadata": {"name": ns}})
+        kubernetes.client.AppsV1Api(client).create_namespaced_deployment(
+            ns, deployment("web", "registry.k8s.io/pause:3.9")
+        )
+    try:
+        status = wait_for_rollout.fn(runbook_cluster, ns, "web", timeout_seconds=120)
+        assert status.done and status.available == 2
+        before = {p.name for p in list_pods.fn(runbook_cluster, ns, "app=web")}
+        assert len(before) == 2
+        stamp = rollout_restart.fn(runbook_cluster, ns, "web")
+        assert stamp.endswith("Z")
+        wait_for_rollout.fn(runbook_cluster, ns, "web", timeout_seconds=120)
+        after = list_pods.fn(runbook_cluster, ns, "app=web")
+        assert len(after) == 2 and not before & {p.name for p in after}
+        assert all(p.ready and p.phase == "Running" for p in after)
+        assert isinstance(read_pod_log.fn(runbook_cluster, ns, after[0].name, tail_lines=5), str)
+        assert delete_pod.fn(runbook_cluster, ns, after[0].name) is True
+        assert delete_pod.fn(runbook_cluster, ns, "no-such-pod") is False
+        scale_deployment.fn(runbook_cluster, ns, "web", 1)
+        wait_for_rollout.fn(runbook_cluster, ns, "web", timeout_seconds=120)
+        assert len(list_pods.fn(runbook_cluster, ns, "app=web")) == 1
+        with pytest.raises(KubernetesApiError) as missing:
+            wait_for_rollout.fn(runbook_cluster, ns, "nope", timeout_seconds=5)
+        assert missing.value.status == 404
+        with pytest.raises(RolloutTimeoutError, match="did not roll out within 1 s"):
+            with api_client(runbook_cluster) as client:
+                # a tag that never becomes ready: the stand-in's rule, an image pull error for real
+                kubernetes.client.AppsV1Api(client).patch_namespaced_deployment(
+                    "web",
+                    ns,
+                    {
+                        "spec": {
+                            "template": {
+                                "spec": {
+                                    "containers": [
+                                        {
+                                            "name": "app",
+                                            "image": "registry.k8s.io/pause:never-ready",
+                                        }
+                                    ]
+                                }
+                            }
+                        }
+                    },
+                )
+            wait_for_rollout.fn(runbook_cluster, ns, "web", timeout_seconds=1, interval_seconds=0.2)
+    finally:
+        with api_client(runbook_cluster) as client:
+            kubernetes.client.CoreV1Api(client).delete_namespace(ns)

@@ -610,3 +610,39 @@ def test_rollback_deploy_and_scale_down_after_a_promotion(
     idle = scale_down_idle_colour(ScaleDownParams(colour="green", dry_run=False, **target))
     assert idle.outcome == "done"
     assert blue_green_app.get("Deployment", "web-green", NS)["spec"]["replicas"] == 0
+
+
+# ------------------------------------------------------------------ prefect.yaml
+
+
+def test_prefect_yaml_deployments_load() -> None:
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    config = yaml.safe_load(Path("prefect.yaml").read_text())
+    deployments = {
+        (d["entrypoint"], d["name"]): d
+        for d in config["deployments"]
+        if "staging_deploy.py" in d["entrypoint"]
+    }
+    expected = {
+        ("flows/staging_deploy.py:deploy_staging", "on-demand"): "deploy-staging",
+        ("flows/staging_deploy.py:scale_down_idle_colour", "after-keep-window"): (
+            "scale-down-idle-colour"
+        ),
+        ("flows/staging_deploy.py:rollback_deploy", "on-demand"): "rollback-deploy",
+    }
+    assert set(expected) <= set(deployments)
+    for (entrypoint, _), flow_name in expected.items():
+        flow = load_flow_from_entrypoint(entrypoint)
+        assert flow.name == flow_name
+        schema = parameter_schema(flow.fn).model_dump()
+        assert list(schema["properties"]) == ["params"]
+    for key, deployment in deployments.items():
+        assert deployment["concurrency_limit"] == 1, key
+    assert SCALE_DOWN_DEPLOYMENT == "scale-down-idle-colour/after-keep-window"
+    # the form: image is the only required field; manual scale-downs are dry by default
+    schema = DeployStagingParams.model_json_schema()
+    assert schema["required"] == ["image"]
+    assert ScaleDownParams(colour="blue").dry_run is True

@@ -39,6 +39,15 @@ if TYPE_CHECKING:
     from prefect_kubernetes.credentials import KubernetesCredentials
 
 GIT_VERSION = "v1.33.0-vibeops-standin"
+# Kinds whose DELETE answers the object itself (per the API's OpenAPI); others answer a Status.
+DELETE_RETURNS_OBJECT = {
+    "Namespace",
+    "Pod",
+    "Service",
+    "ServiceAccount",
+    "ResourceQuota",
+    "PersistentVolumeClaim",
+}
 
 
 @dataclass
@@ -355,7 +364,7 @@ class KubeStandIn:
             options = body if isinstance(body, dict) else {}
             propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
             deleted = store.delete(rtype, ns, name, propagation)
-            if rtype.kind == "Namespace":
+            if rtype.kind in DELETE_RETURNS_OBJECT:
                 return deleted
             return {
                 "kind": "Status",
