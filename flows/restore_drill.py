@@ -309,7 +309,7 @@ def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: flo
                 "prefect.resource.name": f"{manifest.source} backup copy in {region}",
                 "vibeops.region": region,
             },
-            related=[_drill_resource(manifest.source)],
+            related=[_drill_resource(manifest.source) | {"prefect.resource.role": "drill"}],
             payload={
                 "backup_id": manifest.backup_id,
                 "region": region,
@@ -322,7 +322,6 @@ def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: flo
 def _drill_resource(source: str) -> dict[str, str]:
     return {
         "prefect.resource.id": f"vibeops.drill.mysql.{source}",
-        "prefect.resource.role": "drill",
         "prefect.resource.name": f"restore drill of {source}",
     }
 
@@ -381,7 +380,7 @@ def _publish(drill: _Drill) -> tuple[DrillRecord, Verdict]:
     )
     emit_event(
         event=f"vibeops.drill.{'passed' if verdict.passed else 'failed'}",
-        resource=_drill_resource(params.source) | {"prefect.resource.role": "drill"},
+        resource=_drill_resource(params.source),
         payload={
             "backup_id": record.backup_id,
             "region": record.region,

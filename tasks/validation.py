@@ -23,9 +23,11 @@ from typing import Any
 import yaml
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from blocks.mysql import MySQLConnection
+from tasks.backup import retry_transient
 from tasks.drill import MARKER_TABLE, RestoredTable, TableParity, compare_tables
 from tasks.errors import ConfigurationError
 from tasks.manifest import BackupManifest
@@ -325,7 +327,14 @@ class ValidationReport:
         return [e for e in self.expectations if not e.success]
 
 
-@task(cache_policy=NO_CACHE, name="validate-restore")
+@task(
+    cache_policy=NO_CACHE,
+    name="validate-restore",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
 def validate_restore(
     conn: MySQLConnection,
     database: str,
