@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
+from blocks.kube import KubeCluster
 from tasks.errors import ConfigurationError
 from tasks.tenants import DEFAULT_TIERS, NetworkSettings, TierSpec
 
@@ -106,8 +107,10 @@ class TenantSettings(Block):
         default_factory=NetworkSettings,
         description="App port, ingress controller, data-plane selectors, private ranges.",
     )
-    kube_context: str | None = Field(
-        default=None, description="Kubeconfig context to use (None = current/in-cluster)."
+    kube_cluster_block: str = Field(
+        default="",
+        description="Name of a 'VibeOps Kube Cluster' block for the tenant cluster; empty = "
+        "in-cluster service account, else ~/.kube/config.",
     )
 
     @model_validator(mode="after")
@@ -141,3 +144,10 @@ def resolve_tiers(name: str | None) -> TenantTiers:
     if not name:
         return TenantTiers()
     return _load_named(TenantTiers, name, "tiers_block")  # type: ignore[return-value]
+
+
+def resolve_kube_cluster(name: str | None) -> KubeCluster:
+    """The named KubeCluster block, or one using in-cluster config / ~/.kube/config."""
+    if not name:
+        return KubeCluster()
+    return _load_named(KubeCluster, name, "kube_cluster_block")  # type: ignore[return-value]

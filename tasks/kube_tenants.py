@@ -1,17 +1,18 @@
 """Kubernetes calls for tenant resources: read, create-if-absent, compare, update, delete.
 
-Uses the real `kubernetes` client built from a prefect-kubernetes `KubernetesCredentials`
-block (its kubeconfig dict), so tests point it at the API stand-in exactly as production
-points it at a cluster. Objects travel as plain dicts built in `tasks.tenants`; responses
+Uses the real `kubernetes` client from `tasks.kube.api_client` (the one client factory,
+configured from a `KubeCluster` block), so tests point it at the API stand-in exactly as
+production points it at a cluster. Objects travel as plain dicts built in `tasks.tenants`; responses
 are read as raw JSON (`_preload_content=False`) so what we compare is what the API holds.
 
 Example:
     ```python
-    from prefect_kubernetes.credentials import KubernetesCredentials
-    from tasks.kube_tenants import api_client, ensure_object
+    from blocks import KubeCluster
+    from tasks.kube import api_client
+    from tasks.kube_tenants import ensure_object
 
-    with api_client(KubernetesCredentials.load("prod")) as client:
-        outcome = ensure_object(client, namespace_manifest(names, "pro"))
+    with api_client(KubeCluster.load("prod")) as api:
+        outcome = ensure_object(api, namespace_manifest(names, "pro"), "acme-corp")
     ```
 """
 
@@ -21,16 +22,16 @@ import contextlib
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import kubernetes
 import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from tasks.errors import RolloutTimeoutError, TenantResourceConflict, VibeOpsError
+from tasks.errors import KubernetesApiError, RolloutTimeoutError, TenantResourceConflict
+from tasks.kube import api_client, is_transient
 from tasks.tenants import (
     LABEL_TENANT,
     MANAGED_PATHS,
@@ -41,50 +42,7 @@ from tasks.tenants import (
     diff_manifest,
 )
 
-if TYPE_CHECKING:
-    from prefect_kubernetes.credentials import KubernetesCredentials
-
 REQUEST_TIMEOUT = 30.0
-_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-
-
-class KubeApiError(VibeOpsError):
-    """The Kubernetes API answered an error we do not handle (status and reason inside)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def is_transient(exc: BaseException) -> bool:
-    """API errors worth retrying: throttling, 5xx, dropped connections."""
-    if isinstance(exc, KubeApiError):
-        return exc.status in _TRANSIENT_STATUS or exc.status is None
-    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError)
-
-
-@contextlib.contextmanager
-def api_client(credentials: KubernetesCredentials | None) -> Iterator[k8s.ApiClient]:
-    """A sync ApiClient from the block's kubeconfig (else in-cluster, else ~/.kube/config)."""
-    if credentials is not None and credentials.cluster_config is not None:
-        api = kubernetes.config.new_client_from_config_dict(
-            config_dict=credentials.cluster_config.config,
-            context=credentials.cluster_config.context_name,
-            persist_config=False,
-        )
-    else:
-        configuration = k8s.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(
-                client_configuration=configuration, persist_config=False
-            )
-        api = k8s.ApiClient(configuration)
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 @dataclass(frozen=True)
@@ -123,20 +81,24 @@ def object_ref(manifest: Manifest) -> str:
     return f"{manifest['kind']} {where}"
 
 
-def _call(api: k8s.ApiClient, kind: str, verb: str, *args: Any, **kwargs: Any) -> Any:
-    spec = KINDS[kind]
-    method = getattr(spec.api(api), f"{verb}_{spec.suffix}")
+def _request(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a client method for raw JSON; errors become KubernetesApiError naming `what`."""
     try:
         response = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
     except ApiException as exc:
         reason = exc.reason
         with contextlib.suppress(Exception):
             reason = json.loads(exc.body).get("message") or reason
-        raise KubeApiError(
-            f"{verb} {kind}: HTTP {exc.status} {reason}", status=exc.status
-        ) from None
+        raise KubernetesApiError(f"{what}: HTTP {exc.status} {reason}", status=exc.status) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise KubernetesApiError(f"{what}: cannot reach the Kubernetes API: {exc}") from None
     data = response.data
     return json.loads(data) if data else None
+
+
+def _call(api: k8s.ApiClient, kind: str, verb: str, *args: Any) -> Any:
+    spec = KINDS[kind]
+    return _request(f"{verb} {kind}", getattr(spec.api(api), f"{verb}_{spec.suffix}"), *args)
 
 
 def _args(kind: str, name: str, namespace: str | None) -> tuple[str, ...]:
@@ -147,7 +109,7 @@ def read_object(api: k8s.ApiClient, kind: str, name: str, namespace: str | None)
     """The live object as the API returns it, or None when it does not exist."""
     try:
         return _call(api, kind, "read", *_args(kind, name, namespace))  # type: ignore[no-any-return]
-    except KubeApiError as exc:
+    except KubernetesApiError as exc:
         if exc.status == 404:
             return None
         raise
@@ -171,7 +133,7 @@ def delete_object(api: k8s.ApiClient, kind: str, name: str, namespace: str | Non
     """Delete one object; returns False when it was already gone."""
     try:
         _call(api, kind, "delete", *_args(kind, name, namespace))
-    except KubeApiError as exc:
+    except KubernetesApiError as exc:
         if exc.status == 404:
             return False
         raise
@@ -240,7 +202,7 @@ def ensure_object(api: k8s.ApiClient, desired: Manifest, tenant: str) -> EnsureO
 
     Raises:
         TenantResourceConflict: an object of that name exists but is not this tenant's.
-        KubeApiError: the API refused (status inside; 5xx/429 are transient).
+        KubernetesApiError: the API refused (status inside; 5xx/429 are transient).
     """
     meta = desired["metadata"]
     ref = object_ref(desired)
@@ -248,7 +210,7 @@ def ensure_object(api: k8s.ApiClient, desired: Manifest, tenant: str) -> EnsureO
     if live is None:
         try:
             create_object(api, desired)
-        except KubeApiError as exc:
+        except KubernetesApiError as exc:
             if exc.status != 409:
                 raise
             live = read_object(api, desired["kind"], meta["name"], meta.get("namespace"))
@@ -294,14 +256,13 @@ def list_workloads(api: k8s.ApiClient, namespace: str) -> dict[str, list[str]]:
     """Names of workload objects in `namespace`, by kind (empty kinds left out)."""
     found: dict[str, list[str]] = {}
     for api_cls, suffix, kind in WORKLOADS:
-        method = getattr(api_cls(api), f"list_{suffix}")
         try:
-            response = method(namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as exc:
+            listing = _request(f"list {kind}", getattr(api_cls(api), f"list_{suffix}"), namespace)
+        except KubernetesApiError as exc:
             if exc.status == 404:
                 continue
-            raise KubeApiError(f"list {kind}: HTTP {exc.status} {exc.reason}", exc.status) from None
-        items = json.loads(response.data).get("items", [])
+            raise
+        items = (listing or {}).get("items", [])
         if items:
             found[kind] = sorted(item["metadata"]["name"] for item in items)
     return found
@@ -313,19 +274,16 @@ def delete_workloads(api: k8s.ApiClient, namespace: str) -> dict[str, list[str]]
     for api_cls, suffix, kind in WORKLOADS:
         if kind not in present:
             continue
-        method = getattr(api_cls(api), f"delete_collection_{suffix}")
         try:
-            method(
+            _request(
+                f"delete {kind} in {namespace}",
+                getattr(api_cls(api), f"delete_collection_{suffix}"),
                 namespace,
                 propagation_policy="Foreground",
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
             )
-        except ApiException as exc:
+        except KubernetesApiError as exc:
             if exc.status != 404:
-                raise KubeApiError(
-                    f"delete {kind} in {namespace}: HTTP {exc.status} {exc.reason}", exc.status
-                ) from None
+                raise
     return present
 
 
@@ -353,3 +311,22 @@ def delete_namespace_and_wait(
             )
         time.sleep(interval_seconds)
     return True
+
+
+__all__ = [
+    "EnsureOutcome",
+    "api_client",
+    "check_owner",
+    "create_object",
+    "delete_namespace_and_wait",
+    "delete_object",
+    "delete_workloads",
+    "ensure_object",
+    "is_transient",
+    "list_workloads",
+    "merged",
+    "object_ref",
+    "read_object",
+    "replace_object",
+    "restore_object",
+]

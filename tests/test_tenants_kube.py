@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.errors import RolloutTimeoutError, TenantResourceConflict
+from blocks.kube import KubeCluster
+from tasks.errors import KubernetesApiError, RolloutTimeoutError, TenantResourceConflict
 from tasks.kube_tenants import (
-    KubeApiError,
     api_client,
     delete_namespace_and_wait,
     delete_object,
@@ -54,7 +54,7 @@ def _manifests(tier: str = "starter") -> list[dict]:
 
 
 def test_create_then_unchanged_then_tier_update_then_restore(kube_api) -> None:
-    with api_client(kube_api.credentials()) as api:
+    with api_client(KubeCluster(credentials=kube_api.credentials())) as api:
         for manifest in _manifests():
             assert ensure_object(api, manifest, NAMES.tenant).action is Action.CREATED
         for manifest in _manifests():
@@ -89,7 +89,7 @@ def test_create_then_unchanged_then_tier_update_then_restore(kube_api) -> None:
 def test_foreign_objects_are_left_alone(kube_api) -> None:
     kube_api.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMES.namespace}})
     with (
-        api_client(kube_api.credentials()) as api,
+        api_client(KubeCluster(credentials=kube_api.credentials())) as api,
         pytest.raises(TenantResourceConflict, match="left alone"),
     ):
         ensure_object(api, namespace_manifest(NAMES, "pro"), NAMES.tenant)
@@ -99,15 +99,15 @@ def test_foreign_objects_are_left_alone(kube_api) -> None:
 
 
 def test_errors_are_typed_and_transient_ones_marked(kube_api) -> None:
-    with api_client(kube_api.credentials()) as api:
+    with api_client(KubeCluster(credentials=kube_api.credentials())) as api:
         # The client itself retries a few reads on 5xx (client-go style); outlast it.
         kube_api.fail_next(times=50, status=503, method="GET")
-        with pytest.raises(KubeApiError) as info:
+        with pytest.raises(KubernetesApiError) as info:
             read_object(api, "Namespace", "x", None)
         assert info.value.status == 503 and is_transient(info.value)
         kube_api.clear_faults()
         kube_api.fail_next(times=1, status=403, method="POST")
-        with pytest.raises(KubeApiError) as info:
+        with pytest.raises(KubernetesApiError) as info:
             ensure_object(api, namespace_manifest(NAMES, "pro"), NAMES.tenant)
         assert info.value.status == 403 and not is_transient(info.value)
         assert read_object(api, "Namespace", NAMES.namespace, None) is None
@@ -115,7 +115,7 @@ def test_errors_are_typed_and_transient_ones_marked(kube_api) -> None:
 
 
 def test_workloads_and_namespace_deletion(kube_api) -> None:
-    with api_client(kube_api.credentials()) as api:
+    with api_client(KubeCluster(credentials=kube_api.credentials())) as api:
         for manifest in _manifests():
             ensure_object(api, manifest, NAMES.tenant)
         kube_api.put(
@@ -137,7 +137,7 @@ def test_workloads_and_namespace_deletion(kube_api) -> None:
 
 def test_namespace_wait_times_out(kube_api) -> None:
     kube_api.store.settings.namespace_termination_seconds = 30
-    with api_client(kube_api.credentials()) as api:
+    with api_client(KubeCluster(credentials=kube_api.credentials())) as api:
         ensure_object(api, namespace_manifest(NAMES, "pro"), NAMES.tenant)
         with pytest.raises(RolloutTimeoutError, match="still terminating"):
             delete_namespace_and_wait(
