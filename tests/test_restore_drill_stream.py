@@ -293,3 +293,28 @@ def test_expectations_run_skip_expensive_ones_and_report_failures(
     assert outcomes[("not_in_backup", "expect_column_values_to_not_be_null")].skipped == (
         "table not in this backup"
     )
+
+
+def test_a_failed_restore_inside_the_transaction_drops_the_scratch_database(
+    mysql_root: MySQLConnection,
+) -> None:
+    from prefect import flow
+    from prefect.transactions import transaction
+
+    from tasks.restore import prepare_scratch_target
+
+    name = f"drill_unit_{uuid.uuid4().hex[:8]}"
+    seen: list[bool] = []
+
+    @flow
+    def attempt() -> None:
+        marker = DrillMarker("run", "unit", "id", datetime.now(UTC))
+        with transaction():
+            prepare_scratch_target(mysql_root, name, marker, ["unit"])
+            seen.append(name in read_drill_markers(mysql_root, [name]))
+            raise BackupVerificationError("simulated corrupt copy")
+
+    with pytest.raises(BackupVerificationError):
+        attempt()
+    assert seen == [True]
+    assert read_drill_markers(mysql_root, [name]) == {}, "the rollback hook dropped it"
