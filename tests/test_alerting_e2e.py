@@ -239,6 +239,45 @@ def test_backup_alerts_start_backup_mysql(
     assert params_of(run)["database"] == source
 
 
+@pytest.mark.kube
+def test_a_slow_benchmark_alert_recycles_the_hung_pod_end_to_end(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+    kube_api: Any,
+):
+    """The run the trigger created, executed: its parameters alone drive the runbook."""
+    from prefect.flow_engine import run_flow
+    from prefect.flows import load_flow_from_entrypoint
+
+    from blocks.kube import KubeCluster
+    from tests.helpers import artifacts_of, save_block
+    from tests.test_incidents import NS, deployment, running_pods
+
+    kube_api.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    kube_api.put(deployment("bench-runner", "repo/runner:1", replicas=1))
+    [hung] = running_pods(kube_api, "bench-runner", 1)
+    hung_name = hung["metadata"]["name"]
+    kube_api.append_pod_log(NS, hung_name, "benchmark step 41/50: waiting for lock")
+    cluster = save_block(KubeCluster(credentials=kube_api.credentials()), "alert-kube")
+
+    labels = {"namespace": NS, "pod": hung_name, "cluster": cluster}
+    alertmanager.post_alerts([make_alert("SlowBenchmarkRun", labels)])
+    deployment_id = alert_deployments[RUNBOOKS["SlowBenchmarkRun"]]
+    [flow_run] = wait_for_runs(deployment_id, lambda r: _mentions(r, hung_name))
+    assert params_of(flow_run)["cluster_block"] == cluster
+
+    flow = load_flow_from_entrypoint(str(PROJECT_DIR / "flows" / "incidents.py:recycle_hung_pod"))
+    state = run_flow(flow, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+
+    assert state.is_completed(), state.message
+    [replacement] = running_pods(kube_api, "bench-runner", 1)
+    assert replacement["metadata"]["name"] != hung_name
+    [artifact] = [a for a in artifacts_of(flow_run.id) if a.type == "markdown"]
+    assert "waiting for lock" in artifact.data
+    assert "alert `SlowBenchmarkRun`" in artifact.data
+
+
 def test_the_same_alert_posted_20_times_starts_one_run(
     alertmanager: Alertmanager,
     alert_relay: Any,
