@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-from tasks.compression import new_compressor, new_decompressor
+from tasks.compression import decompressed_size, new_compressor
 from tasks.errors import BackupVerificationError, StorageError
 from tasks.manifest import Codec
 from tasks.storage import ObjectStore, ObjectWriter
 
 READ_SIZE = 1 << 20
-QUEUE_DEPTH = 16
+QUEUE_DEPTH = 4
 _DONE = object()
 
 
@@ -151,18 +151,29 @@ class RegionCheck:
     error: str | None = None
 
 
+class _HashingReader:
+    """A file-like that hashes and counts what is read through it."""
+
+    def __init__(self, inner: IO[bytes]) -> None:
+        self.inner = inner
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
 def _read_back(store: ObjectStore, key: str, codec: Codec | None) -> tuple[int, str, int | None]:
-    digest = hashlib.sha256()
-    size = 0
-    decompressor = new_decompressor(codec) if codec else None
-    for chunk in store.iter_chunks(key):
-        digest.update(chunk)
-        size += len(chunk)
-        if decompressor is not None:
-            decompressor.decompress(chunk)
-    if decompressor is not None and not decompressor.complete:
-        raise BackupVerificationError(f"{store.uri(key)}: compressed stream is truncated")
-    return size, digest.hexdigest(), decompressor.bytes_out if decompressor else None
+    """(size, sha256, decompressed size or None) of one stored copy, in bounded memory."""
+    with store.open_reader(key) as raw:
+        reader = _HashingReader(raw)
+        decompressed = decompressed_size(codec, reader) if codec else None
+        while reader.read(READ_SIZE):
+            pass
+    return reader.size, reader.digest.hexdigest(), decompressed
 
 
 def verify_copies(
