@@ -261,13 +261,9 @@ def test_missing_manifest_skips_the_interrupted_backup_and_uses_the_previous_one
     assert record.passed and record.backup_id == regions.manifest.backup_id
 
 
-def test_primary_region_unreachable_falls_back_to_the_secondary(
-    tmp_path: Path,
-    source_db: str,
-    server_block: str,
-    gcs_bucket_factory,
-    mysql_root: MySQLConnection,
-) -> None:
+@pytest.fixture
+def gcs_and_local(tmp_path: Path, source_db: str, server_block: str, gcs_bucket_factory):
+    """A real backup in a GCS bucket (primary region) and a local folder (secondary)."""
     bucket = gcs_bucket_factory()
     store = BackupStore(
         destinations=[gcs_destination("us-central1", bucket), local_store(tmp_path).destinations[0]]
@@ -281,6 +277,27 @@ def test_primary_region_unreachable_falls_back_to_the_secondary(
             store_block=store_block,
         )
     )
+    return store, store_block, bucket
+
+
+def test_restores_from_a_gcs_primary(
+    gcs_and_local, source_db: str, server_block: str, mysql_root: MySQLConnection
+) -> None:
+    _, store_block, _ = gcs_and_local
+    record = restore_drill(
+        RestoreDrillParams(
+            source=source_db, store_block=store_block, drill_server_block=server_block
+        )
+    )
+    assert record.passed and record.region == "us-central1"
+    assert record.corrupt_regions == [] and record.unreachable_regions == []
+    assert drill_databases(mysql_root, source_db) == []
+
+
+def test_primary_region_unreachable_falls_back_to_the_secondary(
+    gcs_and_local, source_db: str, server_block: str, mysql_root: MySQLConnection
+) -> None:
+    store, store_block, bucket = gcs_and_local
     gcs = open_store(store.destinations[0])
     gcs._bucket.delete(force=True)  # type: ignore[attr-defined]  # the region is gone
 
