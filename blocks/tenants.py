@@ -124,7 +124,7 @@ class TenantSettings(Block):
 
 def _load_named(block_type: type[Block], name: str, field: str) -> Block:
     try:
-        return block_type.load(name)
+        return block_type.load(name, _sync=True)  # type: ignore[call-arg,return-value]
     except ValueError as exc:
         raise ConfigurationError(
             f"{field}: no {block_type.__name__} block named {name!r}; create it in the UI "

@@ -288,9 +288,10 @@ def provision_tenant(params: ProvisionTenantParams) -> ProvisionReport:
                     ProvisionStep.ROLE,
                     ProvisionStep.ROLE_BINDING,
                 ):
+                    manifest = manifests[step]
                     steps.run(
                         step,
-                        lambda s=step: apply_object(cluster, manifests[s], names.tenant, s.value),
+                        lambda m=manifest, s=step.value: apply_object(cluster, m, names.tenant, s),  # type: ignore[misc]
                     )
                 steps.run(
                     ProvisionStep.MYSQL_DATABASE,

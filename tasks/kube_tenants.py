@@ -88,7 +88,7 @@ def _request(what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -
     except ApiException as exc:
         reason = exc.reason
         with contextlib.suppress(Exception):
-            reason = json.loads(exc.body).get("message") or reason
+            reason = json.loads(exc.body or "{}").get("message") or reason
         raise KubernetesApiError(f"{what}: HTTP {exc.status} {reason}", status=exc.status) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise KubernetesApiError(f"{what}: cannot reach the Kubernetes API: {exc}") from None

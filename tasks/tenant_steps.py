@@ -136,10 +136,9 @@ def _undo_kube(txn: Transaction) -> None:
     manifest: Manifest = txn.get("manifest")
     meta = manifest["metadata"]
     with kube_tenants.api_client(txn.get("cluster")) as api:
-        if outcome.action is Action.UPDATED and outcome.previous is not None:
-            call_with_retries(
-                lambda: kube_tenants.restore_object(api, outcome.previous), _transient
-            )
+        previous = outcome.previous
+        if outcome.action is Action.UPDATED and previous is not None:
+            call_with_retries(lambda: kube_tenants.restore_object(api, previous), _transient)
         elif manifest["kind"] == "Namespace":
             call_with_retries(
                 lambda: kube_tenants.delete_namespace_and_wait(
@@ -255,7 +254,7 @@ def _drop_created_user(txn: Transaction) -> None:
 
 def _read_block(name: str) -> dict[str, str] | None:
     try:
-        value = Secret.load(name).get()
+        value = Secret.load(name, _sync=True).get()  # type: ignore[call-arg,union-attr]
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
@@ -281,7 +280,7 @@ def save_credentials_block(
     _remember(name=names.credentials_block, previous=previous, action=None)
     if previous == desired:
         return _log_result(StepResult(step, resource, Action.UNCHANGED))
-    Secret(value=desired).save(names.credentials_block, overwrite=True)
+    Secret(value=desired).save(names.credentials_block, overwrite=True)  # type: ignore[arg-type]
     action = Action.CREATED if previous is None else Action.UPDATED
     _remember(action=action)
     changes = [
@@ -302,7 +301,7 @@ def _undo_credentials_block(txn: Transaction) -> None:
     if action is Action.CREATED:
         Secret.delete(txn.get("name"))
     elif action is Action.UPDATED:
-        Secret(value=txn.get("previous")).save(txn.get("name"), overwrite=True)
+        Secret(value=txn.get("previous")).save(txn.get("name"), overwrite=True)  # type: ignore[arg-type]
 
 
 # -- the registry ------------------------------------------------------------------------------

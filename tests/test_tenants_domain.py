@@ -276,3 +276,10 @@ def test_call_with_retries_retries_transient_only() -> None:
     with pytest.raises(ValueError):
         call_with_retries(broken, lambda e: isinstance(e, ConnectionError), sleep=sleeps.append)
     assert len(sleeps) == 2
+
+
+def test_kubernetes_validate_has_teeth() -> None:
+    broken = _all_manifests()[3]
+    broken["spec"]["egress"][0]["ports"][0]["prot"] = "TCP"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)

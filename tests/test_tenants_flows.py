@@ -11,7 +11,6 @@ from typing import Any
 
 import pymysql
 import pytest
-import zstandard
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, LogFilter
@@ -26,14 +25,16 @@ from flows.tenants import (
     provision_tenant,
 )
 from tasks import mysql_admin
+from tasks.catalog import newest_committed_backup
 from tasks.errors import (
     DeprovisionRefused,
     TenantNameInvalid,
     TenantStepFailed,
     TenantUnknown,
 )
+from tasks.restore import restore_logical_dump
+from tasks.storage import open_store
 from tasks.tenants import Action, ProvisionStep, TenantNames
-from tests.helpers import load_sql
 
 pytestmark = [pytest.mark.mysql, pytest.mark.kube]
 
@@ -475,21 +476,16 @@ def test_real_deprovision_leaves_restorable_backup_and_nothing_else(env: Env) ->
         pass
     assert mysql_admin.read_tenant(env.root, env.ops, kept).status == "active"
 
-    # The final backup is committed in both regions and restores to the same rows.
+    # The final backup is committed in both regions; the project's restore path loads it
+    # (from the secondary region) into a scratch database with the same rows.
     backup_id = report.final_backup["backup_id"]
-    for region in ("a", "b"):
-        manifests = list(
-            (Path(env.store.destinations[0].path).parent / region).rglob("manifest.json")
-        )
-        assert any(backup_id in str(path) for path in manifests), region
-    dump_path = next(
-        p for p in Path(env.store.destinations[0].path).rglob("dump.sql.zst") if backup_id in str(p)
-    )
-    dump = zstandard.ZstdDecompressor().stream_reader(dump_path.open("rb")).read()
+    regions = [open_store(d) for d in env.store.destinations]
+    committed = [newest_committed_backup([region], ng.database) for region in regions]
+    assert [m.backup_id if m else None for m in committed] == [backup_id, backup_id]
     scratch = f"restore_{uuid.uuid4().hex[:8]}"
     mysql_admin.create_database(env.root, scratch)
     try:
-        load_sql(env.root, scratch, dump)
+        restore_logical_dump(committed[1], regions[1], env.root, scratch)
         conn = pymysql.connect(**env.root.pymysql_kwargs(scratch))
         with conn.cursor() as cur:
             cur.execute("SELECT COUNT(*), SUM(score), MAX(note) FROM runs")
