@@ -16,7 +16,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, LogFilter
 from pydantic import ValidationError
 
-from blocks import BackupStore, LocalFolderDestination, MySQLConnection, TenantSettings
+from blocks import (
+    BackupStore,
+    LocalFolderDestination,
+    MySQLConnection,
+    TenantSettings,
+    TenantTiers,
+)
 from blocks.kube import KubeCluster
 from flows.tenants import (
     DeprovisionTenantParams,
@@ -270,6 +276,17 @@ def test_tier_change_updates_quota_and_limits_in_place(env: Env) -> None:
     ns = env.kube.get("Namespace", names.namespace, namespace=None)
     assert ns["metadata"]["labels"]["vibebench.io/tier"] == "pro"
     assert mysql_admin.read_tenant(env.root, env.ops, tenant).tier == "pro"
+
+    # Tiers are data: edit the pro tier in a TenantTiers block and re-run.
+    tiers = TenantTiers()
+    tiers.tiers["pro"] = tiers.tiers["pro"].model_copy(update={"pods": 77})
+    report = env.provision(tenant, "pro", tiers_block=_save(tiers, "tn-tiers"))
+    assert report.actions()["resource-quota"] == "updated"
+    assert report.actions()["limit-range"] == "unchanged"
+    assert report.actions()["namespace"] == "unchanged"
+    assert [str(c) for c in report.tier_changes] == ["pods: 40 -> 77"]
+    quota = env.kube.get("ResourceQuota", "tenant-quota", namespace=names.namespace)
+    assert quota["metadata"]["uid"] == quota_uid and quota["spec"]["hard"]["pods"] == "77"
 
 
 BAD_NAMES = [
