@@ -424,8 +424,11 @@ _BROADCAST = re.compile(
 )
 _CLIENT_COMMAND = re.compile(rb"^/\*M!\d+\\")  # MariaDB's `/*M!999999\- enable the sandbox mode */`
 _LOCKS = re.compile(rb"^(?:LOCK\s+TABLES\s|UNLOCK\s+TABLES\s*;)", re.I)
+# Statements that would leave the scratch database or change the server (MySQL 8 dumps set
+# @@GLOBAL.GTID_PURGED): dropped and reported.
 _OTHER_DATABASE = re.compile(
-    rb"^(?:/\*!\d+\s+)?(?:USE\s|CREATE\s+(?:DATABASE|SCHEMA)\b|DROP\s+(?:DATABASE|SCHEMA)\b)",
+    rb"^(?:/\*!\d+\s+)?(?:USE\s|CREATE\s+(?:DATABASE|SCHEMA)\b|DROP\s+(?:DATABASE|SCHEMA)\b"
+    rb"|SET\s+(?:@@)?GLOBAL\b)",
     re.I,
 )
 _DELIMITER = re.compile(rb"^DELIMITER\s+(\S+)\s*$", re.I)

@@ -129,13 +129,15 @@ def test_statements_that_switch_or_create_databases_are_ignored(
         f"/*!40000 DROP DATABASE IF EXISTS `{victim}`*/;\n"
         "DROP DATABASE\n"
         f"  `{victim}`;\n"
+        "SET @@GLOBAL.GTID_PURGED=/*!80000 '+'*/ 'uuid:1-5';\n"
+        "/*!40101 SET GLOBAL vibeops_no_such_variable = 1 */;\n"
     ).encode()
     store = LocalFolderStore("a", tmp_path)
     try:
         stats = restore_logical_dump(put_backup(store, sql), store, mysql_root, scratch, 2)
         assert run_sql(mysql_root, f"SHOW TABLES FROM {victim}") == [("precious",)]
         assert run_sql(mysql_root, "SELECT COUNT(*) FROM t", scratch)[0][0] == 2
-        assert len(stats.ignored_statements) == 4
+        assert len(stats.ignored_statements) == 6
         assert stats.ignored_statements[1] == f"USE `{victim}`;"
     finally:
         run_sql(mysql_root, f"DROP DATABASE {victim}")
