@@ -271,6 +271,7 @@ class _Run:
         self.cluster = cluster
         self.target = target
         self.started = time.monotonic()
+        report.started_at = datetime.now(UTC)
         self.progress_id: UUID | None = None
 
     def elapsed(self) -> float:

@@ -399,6 +399,7 @@ class DeployReport:
     strategy: str
     image: str
     previous_image: str | None = None
+    started_at: datetime | None = None  # wall clock of timeline second 0
     outcome: Outcome | None = None
     reason: str | None = None
     gate: GateDecision | None = None
@@ -429,6 +430,8 @@ class DeployReport:
             f"- image: `{self.image}`",
             f"- previous image: `{self.previous_image or 'unknown'}`",
         ]
+        if self.started_at is not None:
+            lines.append(f"- started: {self.started_at:%Y-%m-%d %H:%M:%S} UTC")
         if self.reason:
             lines.append(f"- reason: {self.reason}")
         if self.gate is not None:

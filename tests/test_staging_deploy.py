@@ -50,6 +50,7 @@ from tasks.deploy_rules import (
 from tasks.errors import ImageReferenceInvalid
 from tasks.manifest import BackupManifest, StoredObject, backup_prefix, new_backup_id
 from tasks.storage import open_store
+from tests.helpers import run_texts
 from tests.k8s_standin import KubeStandIn
 from tests.k8s_standin.server import ThreadedServer
 
@@ -283,10 +284,18 @@ def blue_green_app(kube_api: KubeStandIn, serve_versions: Callable[..., None]) -
 
 @pytest.fixture
 def cluster_block(kube_api: KubeStandIn) -> str:
-    """A saved KubeCluster block whose smoke URLs go through the stand-in's Service proxy."""
+    """A saved KubeCluster block whose smoke URLs go through the stand-in's Service proxy.
+
+    When the stand-in requires a token, the token goes in the block's secret field only (the
+    kubeconfig in the prefect-kubernetes block carries none).
+    """
     name = f"staging-{uuid.uuid4().hex[:8]}"
+    credentials = kube_api.credentials()
+    assert credentials.cluster_config is not None
+    credentials.cluster_config.config["users"][0]["user"] = {"username": "ci"}
     KubeCluster(
-        credentials=kube_api.credentials(),
+        credentials=credentials,
+        bearer_token=kube_api.token,
         service_url_template=kube_api.url
         + "/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy",
         request_timeout_seconds=10,
@@ -354,6 +363,24 @@ def artifact_markdown(key: str) -> str:
     return str(sorted(artifacts, key=lambda a: a.created)[-1].data)
 
 
+def deploy_events(name: str, flow_run_id: Any) -> list[dict[str, Any]]:
+    """Events of one flow run (they arrive asynchronously: poll briefly)."""
+    body = {
+        "filter": {
+            "event": {"name": [name]},
+            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        },
+        "limit": 10,
+    }
+    with get_client(sync_client=True) as client:
+        for _ in range(60):
+            events = client.request("POST", "/events/filter", json=body).json()["events"]
+            if events:
+                return list(events)
+            time.sleep(0.25)
+    return []
+
+
 def image_of(kube_api: KubeStandIn, name: str) -> str:
     dep = kube_api.get("Deployment", name, NS)
     assert dep is not None
@@ -368,8 +395,13 @@ def test_rolling_success(
     rolling_app: KubeStandIn, serve_versions: Callable[..., None], cluster_block: str, backup_store
 ) -> None:
     serve_versions(NEW)
-    report = deploy_staging(params(cluster_block, backup_store(timedelta(minutes=10))))
+    state = deploy_staging(
+        params(cluster_block, backup_store(timedelta(minutes=10))), return_state=True
+    )
+    report = state.result()
     assert report.outcome == "promoted" and report.previous_image == OLD
+    (promoted,) = deploy_events("vibeops.deploy.promoted", state.state_details.flow_run_id)
+    assert promoted["payload"]["image"] == NEW and promoted["payload"]["previous_image"] == OLD
     assert image_of(rolling_app, "web") == NEW
     assert serving(rolling_app, "web") == NEW
     assert {r.path for r in report.smoke if r.ok} == {"/health", "/ready"}
@@ -393,6 +425,8 @@ def test_ready_500_rolls_back_and_fails_with_the_reason(
     assert state.is_failed()
     message = str(state.result(raise_on_failure=False))
     assert "rolled back to repo/web:1" in message and "/ready: status 500" in message
+    (event,) = deploy_events("vibeops.deploy.rolled_back", state.state_details.flow_run_id)
+    assert "/ready: status 500" in event["payload"]["reason"]
     assert image_of(rolling_app, "web") == OLD
     wait_until(lambda: rolled_out(rolling_app, "web"), what="the restored rollout")
     assert serving(rolling_app, "web") == OLD
@@ -489,7 +523,6 @@ def test_second_deploy_waits_or_is_refused_never_interleaves(
 
     def first() -> None:
         results["first"] = deploy_staging(params(cluster_block, store, image=slow))
-        results["first_done"] = time.monotonic()
 
     thread = threading.Thread(target=first)
     thread.start()
@@ -503,13 +536,32 @@ def test_second_deploy_waits_or_is_refused_never_interleaves(
     assert image_of(rolling_app, "web") == slow  # the refused run changed nothing
     waited = deploy_staging(params(cluster_block, store, image=third))
     thread.join(60)
-    assert results["first"].outcome == "promoted" and waited.outcome == "promoted"
-    lock_step = next(e for e in waited.timeline if e.step == "lock")
-    assert float(lock_step.detail.split("after ")[1].split(" s")[0]) > 0.5
+    first_report = results["first"]
+    assert first_report.outcome == "promoted" and waited.outcome == "promoted"
     assert image_of(rolling_app, "web") == third
-    # the first run was done before the second one patched: its rollout finished on `slow`
-    first_ready = next(e for e in results["first"].timeline if e.step == "ready")
-    assert first_ready is not None
+    # never interleaved: the waiting run got the slot only after the first one's last step
+    assert first_report.timeline[-2].step == "recorded promotion"
+    first_last = first_report.started_at + timedelta(seconds=first_report.timeline[-2].seconds)
+    lock = next(e for e in waited.timeline if e.step == "lock")
+    second_lock = waited.started_at + timedelta(seconds=lock.seconds)
+    assert second_lock >= first_last
+    assert float(next(e for e in waited.timeline if e.step == "lock").detail.split()[-2]) > 0.5
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("kube_api", [{"token": "s3cret-api-t0ken"}], indirect=True)
+def test_token_stays_secret(
+    rolling_app: KubeStandIn, serve_versions: Callable[..., None], cluster_block: str, backup_store
+) -> None:
+    serve_versions(NEW)
+    state = deploy_staging(
+        params(cluster_block, backup_store(timedelta(minutes=5))), return_state=True
+    )
+    assert state.result().outcome == "promoted"
+    unauthenticated = httpx.get(rolling_app.url + "/api/v1/namespaces")
+    assert unauthenticated.status_code == 401
+    texts = run_texts(state.state_details.flow_run_id)
+    assert "PROMOTED" in texts and "s3cret-api-t0ken" not in texts
 
 
 # ------------------------------------------------------------------ blue-green

@@ -41,7 +41,8 @@ Served (GET, LIST, POST, PUT, PATCH, DELETE, DELETE-collection):
 - Errors are `Status` bodies with the real codes/reasons: 404 NotFound (also for a missing
   namespace), 409 AlreadyExists / Conflict, 422 Invalid (schema, names, immutable fields such
   as Deployment `spec.selector`), 403 Forbidden (creating in a terminating namespace),
-  401 Unauthorized (when the stand-in was given a `token` and the request lacks it).
+  401 Unauthorized (when the stand-in was given a `token` and the request lacks it; the
+  proxy paths stay open because they play cluster networking, not the API).
 - Deleting a namespace deletes everything in it (immediately, or after
   `store.settings.namespace_termination_seconds` during which it reads `Terminating`).
   Deleting an owner deletes its dependents via `ownerReferences` unless
