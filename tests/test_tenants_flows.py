@@ -177,8 +177,10 @@ def _run_texts(flow_run_ids: list[uuid.UUID], resource_prefixes: list[str]) -> s
 
 def _flow_run_ids(names: tuple[str, ...]) -> list[uuid.UUID]:
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(limit=200)
-    return [run.id for run in runs if any(run.name.startswith(n) for n in names)]
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name={"any_": list(names)}), limit=200
+        )
+    return [run.id for run in runs]
 
 
 # -- provisioning ------------------------------------------------------------------------------
