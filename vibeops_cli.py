@@ -204,10 +204,19 @@ def relay(
     from pathlib import Path
 
     from deployments.relay.app import run_relay
+    from tasks.errors import ConfigurationError
 
-    run_relay(
-        host, port, Path(token_file) if token_file else None, prefect_api_url or None, dedupe_window
-    )
+    try:
+        run_relay(
+            host,
+            port,
+            Path(token_file) if token_file else None,
+            prefect_api_url or None,
+            dedupe_window,
+        )
+    except ConfigurationError as exc:
+        typer.echo(f"vibeops relay: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

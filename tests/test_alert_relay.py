@@ -298,6 +298,52 @@ def test_delivery_failure_answers_503_and_the_retry_is_not_a_duplicate():
     assert len(sink.events) == 1
 
 
+def test_vibeops_relay_command_serves_and_refuses_to_start_without_a_token(tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from tasks.local_stack import free_port, wait_for_port
+
+    vibeops = shutil.which("vibeops") or str(Path(sys.executable).parent / "vibeops")
+    env = {k: v for k, v in os.environ.items() if k != "VIBEOPS_RELAY_TOKEN"}
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
+    refused = subprocess.run(
+        [vibeops, "relay"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode != 0
+    assert "VIBEOPS_RELAY_TOKEN" in refused.stderr + refused.stdout
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [vibeops, "relay", "--port", str(port), "--token-file", str(token_file)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 120, "vibeops relay")
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/health", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(f"{base}/ready", timeout=10).status_code == 503  # no Prefect on :9
+        assert httpx.post(f"{base}/alerts", json={}, timeout=10).status_code == 401
+        bad = httpx.post(f"{base}/alerts", content=b"{", headers=auth(), timeout=10)
+        assert bad.status_code == 400
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert TOKEN not in output
+    assert "relay ready" in output
+
+
 def test_health_and_metrics_need_no_token():
     with client_for(RecordingSink()) as client:
         assert client.get("/health").json() == {"status": "ok"}
