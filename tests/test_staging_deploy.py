@@ -664,6 +664,51 @@ def test_rollback_deploy_and_scale_down_after_a_promotion(
     assert blue_green_app.get("Deployment", "web-green", NS)["spec"]["replicas"] == 0
 
 
+@pytest.mark.kube
+def test_blue_green_idle_never_ready_keeps_live_and_restores_idle(
+    blue_green_app: KubeStandIn,
+    serve_versions: Callable[..., None],
+    cluster_block: str,
+    backup_store,
+) -> None:
+    never = "repo/web:2-never-ready"
+    serve_versions(never)
+    state = deploy_staging(
+        params(
+            cluster_block,
+            backup_store(timedelta(minutes=5)),
+            image=never,
+            strategy="blue-green",
+            rollout_timeout=timedelta(seconds=2),
+        ),
+        return_state=True,
+    )
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "kept blue" in message and "RolloutTimeoutError" in message
+    assert blue_green_app.get("Service", "web", NS)["spec"]["selector"]["version"] == "blue"
+    assert serving(blue_green_app, "web") == OLD
+    assert image_of(blue_green_app, "web-green") == OLD
+    assert blue_green_app.get("Deployment", "web-green", NS)["spec"]["replicas"] == 0
+
+
+@pytest.mark.kube
+def test_rollback_deploy_after_a_rolling_promotion(
+    rolling_app: KubeStandIn, serve_versions: Callable[..., None], cluster_block: str, backup_store
+) -> None:
+    serve_versions(NEW)
+    deploy_staging(params(cluster_block, backup_store(timedelta(minutes=5))))
+    assert serving(rolling_app, "web") == NEW
+    target = {"namespace": NS, "app": "web", "cluster_block": cluster_block}
+    dry = rollback_deploy(RollbackParams(reason="check", dry_run=True, **target))
+    assert dry.outcome == "dry_run" and image_of(rolling_app, "web") == NEW
+    report = rollback_deploy(RollbackParams(reason="alert HighErrorRate", **target))
+    assert report.outcome == "rolled_back" and image_of(rolling_app, "web") == OLD
+    assert serving(rolling_app, "web") == OLD
+    annotations = rolling_app.get("Deployment", "web", NS)["metadata"].get("annotations") or {}
+    assert PROMOTION_ANNOTATION not in annotations
+
+
 # ------------------------------------------------------------------ prefect.yaml
 
 
