@@ -68,6 +68,26 @@ def wait_for_runs(
         time.sleep(0.25)
 
 
+def fire(
+    alertmanager: Alertmanager,
+    events: PrefectEventRecorder,
+    alertname: str,
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> tuple[Any, str]:
+    """Post one alert (labels must hold a unique `case`) to Alertmanager; return the Prefect event
+    the relay made of it and the alert's fingerprint."""
+    alertmanager.post_alerts([make_alert(alertname, labels, annotations)])
+    event = events.wait_for(by_test_label("case", labels["case"]))[0]
+    return event, event.resource["alert.fingerprint"]
+
+
+def run_started_by(deployments: dict[str, UUID], alertname: str, fingerprint: str) -> Any:
+    """The one run the alert's trigger created (waits for it)."""
+    deployment_id = deployments[RUNBOOKS[alertname]]
+    return wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))[0]
+
+
 def params_of(run: Any) -> dict[str, Any]:
     return run.parameters["params"]
 
@@ -191,18 +211,15 @@ def test_each_incident_alert_starts_its_runbook(
     labels: dict[str, str],
     expected: dict[str, Any],
 ):
-    case = unique("case")
-    alertmanager.post_alerts(
-        [make_alert(alertname, {**labels, "case": case, "severity": "critical"}, {"summary": "s!"})]
+    labels = {**labels, "case": unique("case"), "severity": "critical"}
+    event, fingerprint = fire(
+        alertmanager, prefect_alert_events, alertname, labels, {"summary": "s!"}
     )
-    event = prefect_alert_events.wait_for(by_test_label("case", case))[0]
-    fingerprint = event.resource["alert.fingerprint"]
     assert event.event == "vibeops.alert.firing"
     assert event.resource.id == f"alertmanager.alert.{fingerprint}"
     assert event.resource["alertname"] == alertname
 
-    deployment_id = alert_deployments[RUNBOOKS[alertname]]
-    [run] = wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))
+    run = run_started_by(alert_deployments, alertname, fingerprint)
     params = params_of(run)
     for key, value in expected.items():
         assert params[key] == value, key
@@ -315,11 +332,9 @@ def test_a_resolved_alert_starts_no_new_run(
 ):
     case = unique("resolve")
     labels = {"namespace": "bench", "pod": "runner-1", "case": case}
-    alertmanager.post_alerts([make_alert("SlowBenchmarkRun", labels)])
-    fired = prefect_alert_events.wait_for(by_test_label("case", case))[0]
-    fingerprint = fired.resource["alert.fingerprint"]
+    fired, fingerprint = fire(alertmanager, prefect_alert_events, "SlowBenchmarkRun", labels)
+    run_started_by(alert_deployments, "SlowBenchmarkRun", fingerprint)
     deployment_id = alert_deployments[RUNBOOKS["SlowBenchmarkRun"]]
-    wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))
 
     alertmanager.post_alerts([make_alert("SlowBenchmarkRun", labels, resolved=True)])
     resolved = prefect_alert_events.wait_for(
@@ -340,11 +355,10 @@ def test_an_unknown_alertname_emits_an_event_but_starts_nothing(
     prefect_alert_events: PrefectEventRecorder,
 ):
     case = unique("unknown")
-    alertmanager.post_alerts([make_alert("DiskAlmostFull", {"namespace": "prod", "case": case})])
-    event = prefect_alert_events.wait_for(by_test_label("case", case))[0]
+    labels = {"namespace": "prod", "case": case}
+    event, fingerprint = fire(alertmanager, prefect_alert_events, "DiskAlmostFull", labels)
     assert event.event == "vibeops.alert.firing"
     assert event.resource["alertname"] == "DiskAlmostFull"
-    fingerprint = event.resource["alert.fingerprint"]
     _barrier_run(alertmanager, alert_deployments, prefect_alert_events)
     for deployment_id in alert_deployments.values():
         assert not [r for r in read_runs_of(deployment_id) if _mentions(r, fingerprint, case)]
@@ -412,14 +426,9 @@ def _barrier_run(
 ) -> Any:
     """Post a mapped alert and wait for its run: Prefect evaluates events in order, so anything
     posted before it has been evaluated by then (a deterministic 'nothing else happened')."""
-    case = unique("barrier")
-    alertmanager.post_alerts(
-        [make_alert("HighErrorRate", {"namespace": "barrier", "app": "b", "case": case})]
-    )
-    event = prefect_alert_events.wait_for(by_test_label("case", case))[0]
-    fingerprint = event.resource["alert.fingerprint"]
-    deployment_id = alert_deployments[RUNBOOKS["HighErrorRate"]]
-    return wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))[0]
+    labels = {"namespace": "barrier", "app": "b", "case": unique("barrier")}
+    _, fingerprint = fire(alertmanager, prefect_alert_events, "HighErrorRate", labels)
+    return run_started_by(alert_deployments, "HighErrorRate", fingerprint)
 
 
 def test_relay_log_never_holds_the_token(alert_relay: Any, relay_token: str, caplog):
