@@ -114,9 +114,13 @@ class DeploymentController:
                 self.reconcile_once()
             except ApiError as exc:  # a conflicting write from a client: retried next tick
                 if exc.code not in (404, 409):
-                    self.errors.append(f"{exc.code} {exc.message}")
+                    self._record(f"{exc.code} {exc.message}")
             except Exception as exc:  # pragma: no cover - surfaced through `errors`
-                self.errors.append(repr(exc))
+                self._record(repr(exc))
+
+    def _record(self, error: str) -> None:
+        if error not in self.errors[-5:]:  # one line per distinct failure, not one per tick
+            self.errors.append(error)
 
     # ------------------------------------------------------------ reconcile
 
