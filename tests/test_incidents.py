@@ -241,3 +241,12 @@ def test_recycle_dry_run_and_missing_and_bare_pods(kube_api: Any, cluster: str):
         recycle_hung_pod(
             RecycleHungPodParams(namespace=NS, pod="standalone", cluster_block=cluster)
         )
+
+
+def test_an_unknown_cluster_block_is_refused_naming_the_fix():
+    from tasks.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="no KubeCluster block named 'nope'"):
+        restart_deployment(
+            RestartDeploymentParams(namespace=NS, cluster_block="nope", dry_run=False)
+        )
