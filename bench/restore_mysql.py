@@ -10,12 +10,13 @@ regions, then measures in one run, on the same server and the same dump object:
       scratch database, single stream (1 connection) and parallel (--connections)
   (c) the whole restore-drill flow (find, restore, parity + CHECKSUM TABLE + expectations)
 
-and prints, last:
+(a) and (b) run in interleaved rounds (--rounds, medians), each after InnoDB has flushed the
+previous step's dirty pages; then prints, last:
 
     RESULT restore_vs_baseline=<b_parallel/a> rto_s=<c> rows=<N> single_stream=<b_single/a> connections=<k>
 
 Targets: single stream <= 1.1, parallel <= 0.7 (this machine: 2 cores).
-Usage: uv run python bench/restore_mysql.py [--rows 2000000] [--connections 2]
+Usage: uv run python bench/restore_mysql.py [--rows 2000000] [--connections 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--connections", type=int, default=2, help="parallel load connections")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="vibeops-bench-restore-"))
@@ -125,14 +128,18 @@ def run(args: argparse.Namespace, port: int) -> None:
             pipeline = f"zstd -dc {path} | mariadb --defaults-extra-file={cnf} bench_baseline"
             subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True)
 
-    a, _ = timed("(a) baseline zstd -dc | mariadb", baseline)
-    assert table_row_counts(conn, "bench_baseline", ["experiments"])["experiments"] == args.rows
-    drop(conn, "bench_baseline")
+    def measure_baseline(label: str) -> float:
+        quiesce(conn)
+        seconds, _ = timed(f"(a) baseline zstd -dc | mariadb {label}", baseline)
+        assert table_row_counts(conn, "bench_baseline", ["experiments"])["experiments"] == args.rows
+        drop(conn, "bench_baseline")
+        return seconds
 
     def drill_restore(connections: int) -> float:
         name = f"drill_bench_{connections}"
         marker = DrillMarker("bench", "vibebench", manifest.backup_id, datetime.now(UTC))
         create_scratch_database(conn, name, marker, ["vibebench"])
+        quiesce(conn)
         try:
             seconds, stats = timed(
                 f"(b) drill restore phase, {connections} connection(s)",
@@ -149,8 +156,17 @@ def run(args: argparse.Namespace, port: int) -> None:
             drop_scratch_database(conn, name, owned=True)
         return seconds
 
-    single = drill_restore(1)
-    parallel = drill_restore(args.connections) if args.connections > 1 else single
+    # Interleaved rounds, medians: other work on the machine shifts single runs by +-30 %.
+    baselines, singles, parallels = [], [], []
+    for round_no in range(1, args.rounds + 1):
+        baselines.append(measure_baseline(f"(round {round_no})"))
+        singles.append(drill_restore(1))
+        if args.connections > 1:
+            parallels.append(drill_restore(args.connections))
+    a = statistics.median(baselines)
+    single = statistics.median(singles)
+    parallel = statistics.median(parallels) if parallels else single
+    quiesce(conn)
     record = restore_drill(
         RestoreDrillParams(source="vibebench", load_connections=args.connections)
     )
@@ -160,12 +176,32 @@ def run(args: argparse.Namespace, port: int) -> None:
         flush=True,
     )
     print(
-        f"single stream {single / a:.2f}x baseline, {args.connections} connections {parallel / a:.2f}x"
+        f"medians of {args.rounds} round(s): baseline {a:.2f} s, single stream {single:.2f} s "
+        f"({single / a:.2f}x), {args.connections} connections {parallel:.2f} s ({parallel / a:.2f}x)"
     )
     print(
         f"RESULT restore_vs_baseline={parallel / a:.2f} rto_s={record.rto_seconds:.1f} "
         f"rows={args.rows} single_stream={single / a:.2f} connections={args.connections}"
     )
+
+
+def quiesce(conn, timeout_s: float = 120) -> None:  # type: ignore[no-untyped-def]
+    """Let InnoDB flush the previous step's dirty pages so each measurement starts equal."""
+    from tasks.mysql import connect
+
+    with connect(conn) as connection, connection.cursor() as cur:
+        cur.execute("SELECT @@GLOBAL.innodb_max_dirty_pages_pct")
+        previous = cur.fetchone()[0]
+        cur.execute("SET GLOBAL innodb_max_dirty_pages_pct = 0")
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                cur.execute("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_pages_dirty'")
+                if int(cur.fetchone()[1]) < 100:
+                    break
+                time.sleep(0.5)
+        finally:
+            cur.execute(f"SET GLOBAL innodb_max_dirty_pages_pct = {float(previous)}")
 
 
 def drop(conn, database: str) -> None:  # type: ignore[no-untyped-def]
