@@ -59,6 +59,12 @@ class GcsDestination(Block):
         le=1024,
         description="Resumable-upload chunk size in MiB (32-100 is fast).",
     )
+    retry_deadline_seconds: int = Field(
+        default=120,
+        ge=1,
+        le=3600,
+        description="How long one upload keeps retrying transient GCS errors before failing.",
+    )
     archive_storage_class: str = Field(
         default="ARCHIVE", description="Storage class that retention moves old backups to."
     )

@@ -235,10 +235,14 @@ def gcs_client(destination: GcsDestination):  # type: ignore[no-untyped-def]
 
 
 class _GcsWriter(ObjectWriter):
-    def __init__(self, bucket: Bucket, key: str, chunk_size: int) -> None:
+    def __init__(self, bucket: Bucket, key: str, chunk_size: int, retry_deadline: float) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
         blob = bucket.blob(key, chunk_size=chunk_size)
         # BlobWriter drives a resumable upload; the object exists only once it is closed.
-        self._writer = blob.open("wb", ignore_flush=True, if_generation_match=None)
+        self._writer = blob.open(
+            "wb", ignore_flush=True, retry=DEFAULT_RETRY.with_deadline(retry_deadline)
+        )
         self._key = key
 
     def write(self, data: bytes) -> None:
@@ -288,7 +292,9 @@ class GcsStore(ObjectStore):
             )
 
     def open_writer(self, key: str) -> ObjectWriter:
-        return _GcsWriter(self._bucket, self._name(key), self.chunk_size)
+        return _GcsWriter(
+            self._bucket, self._name(key), self.chunk_size, self.destination.retry_deadline_seconds
+        )
 
     def open_reader(self, key: str) -> IO[bytes]:
         from google.api_core import exceptions as gexc

@@ -336,7 +336,9 @@ def test_gcs_server_stopped_mid_upload_leaves_no_backup(
             store = BackupStore(
                 destinations=[
                     local_store(tmp_path).destinations[0],
-                    gcs_destination("eu-west1", "doomed", chunk_size_mib=1),
+                    gcs_destination(
+                        "eu-west1", "doomed", chunk_size_mib=1, retry_deadline_seconds=3
+                    ),
                 ]
             )
             store_name = save_block(store)
