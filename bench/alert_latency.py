@@ -14,7 +14,8 @@ start). The last line is:
 
     RESULT alert_to_running_s_p50=<x> alert_to_running_s_max=<y>
 
-Usage: uv run python bench/alert_latency.py [--alerts 10]
+Usage: uv run python bench/alert_latency.py [--alerts 10] [--keep-logs]
+(BENCH_LOG_LEVEL=DEBUG with --keep-logs leaves a worker log that shows where the time goes.)
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def prefect_env(home: Path, api_url: str) -> dict[str, str]:
             "DO_NOT_TRACK": "1",
             "PREFECT_UI_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_LOGGING_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "VIBEOPS_PROJECT_DIR": str(PROJECT_DIR),  # prefect.yaml's pull step
         }
     )
     env.pop("PREFECT_PROFILE", None)
@@ -232,6 +234,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=60.0, help="Per alert, seconds.")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="Keep the work folder (server/worker logs)."
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="vibeops-alert-bench-"))
@@ -265,7 +270,10 @@ def main() -> None:
                         f"{result['running_s']:>10.2f}"
                     )
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep_logs:
+            print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     created = [r["created_s"] for r in results]
     pending = [r["pending_s"] for r in results]
