@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,11 +61,29 @@ def seed(conn, database: str, rows: int, batch: int = 100_000) -> None:  # type:
             )
 
 
-def timed(label: str, fn):  # type: ignore[no-untyped-def]
+SERVER_PID: list[int] = []
+CPU_SECONDS: dict[str, list[float]] = {}
+
+
+def cpu_seconds() -> float:
+    """CPU used so far by the MariaDB server, this process and its finished children."""
+    fields = Path(f"/proc/{SERVER_PID[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return server + own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(label: str, fn, kind: str | None = None):  # type: ignore[no-untyped-def]
+    """Run fn; print wall and CPU seconds (CPU is steady when other work shares the cores)."""
+    cpu = cpu_seconds() if SERVER_PID else 0.0
     started = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - started
-    print(f"{label}: {seconds:.2f} s", flush=True)
+    cpu = cpu_seconds() - cpu if SERVER_PID else 0.0
+    if kind:
+        CPU_SECONDS.setdefault(kind, []).append(cpu)
+    print(f"{label}: {seconds:.2f} s wall, {cpu:.2f} s CPU", flush=True)
     return seconds, result
 
 
@@ -90,6 +109,8 @@ def main() -> None:
 
     server = PrivateMariaDB(base_dir=workdir / "mariadb").start()
     os.environ["VIBEOPS_MYSQL_PORT"] = str(server.port)
+    assert server.process is not None
+    SERVER_PID.append(server.process.pid)
     try:
         run(args, server.port)
     finally:
@@ -130,7 +151,7 @@ def run(args: argparse.Namespace, port: int) -> None:
 
     def measure_baseline(label: str) -> float:
         quiesce(conn)
-        seconds, _ = timed(f"(a) baseline zstd -dc | mariadb {label}", baseline)
+        seconds, _ = timed(f"(a) baseline zstd -dc | mariadb {label}", baseline, "baseline")
         assert table_row_counts(conn, "bench_baseline", ["experiments"])["experiments"] == args.rows
         drop(conn, "bench_baseline")
         return seconds
@@ -144,6 +165,7 @@ def run(args: argparse.Namespace, port: int) -> None:
             seconds, stats = timed(
                 f"(b) drill restore phase, {connections} connection(s)",
                 lambda: restore_logical_dump(manifest, store, conn, name, connections),
+                f"drill-{connections}",
             )
             print(
                 f"    download {stats.download_s:.2f} s, decompress+route {stats.decompress_s:.2f} s,"
@@ -178,6 +200,12 @@ def run(args: argparse.Namespace, port: int) -> None:
     print(
         f"medians of {args.rounds} round(s): baseline {a:.2f} s, single stream {single:.2f} s "
         f"({single / a:.2f}x), {args.connections} connections {parallel:.2f} s ({parallel / a:.2f}x)"
+    )
+    cpu = {kind: statistics.median(values) for kind, values in CPU_SECONDS.items()}
+    print(
+        "median CPU seconds (server + clients + this process): "
+        + ", ".join(f"{kind} {value:.2f}" for kind, value in cpu.items())
+        + f"; single stream uses {cpu['drill-1'] / cpu['baseline']:.2f}x the baseline's CPU"
     )
     print(
         f"RESULT restore_vs_baseline={parallel / a:.2f} rto_s={record.rto_seconds:.1f} "
