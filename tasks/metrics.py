@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tasks.catalog import newest_committed_backup
-from tasks.drill import DrillRecord, read_history
+from tasks.drill import DrillRecord, history_file, read_history
 from tasks.storage import ObjectStore
 
 logger = logging.getLogger("vibeops.metrics")
@@ -314,7 +314,7 @@ def default_drill_history() -> Path:
     """Where restore drills append their records on one machine."""
     from blocks.defaults import vibeops_home
 
-    return vibeops_home() / "drills" / "history.jsonl"
+    return history_file(vibeops_home())
 
 
 def build_registry(
