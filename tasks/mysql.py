@@ -251,11 +251,12 @@ class ConsistentDump:
                 consistent_at = datetime.now(UTC)
                 facts = SnapshotFacts(consistent_at=consistent_at, exact=exact)
                 self._read_binlog_position(cur, facts)
-                cur.execute("SELECT MAX(ID) FROM information_schema.processlist")
-                max_thread = int(cur.fetchone()[0] or 0)
+                # Thread ids are reused, so remember who was there rather than the max id.
+                cur.execute("SELECT ID FROM information_schema.processlist")
+                existing = {int(row[0]) for row in cur.fetchall()}
             defaults = self._stack.enter_context(defaults_file(self.conn))
             self.process = self._launch(defaults)
-            if exact and not self._wait_for_dump_snapshot(lock, max_thread):
+            if exact and not self._wait_for_dump_snapshot(lock, existing):
                 facts.exact = False
         finally:
             if exact:
@@ -285,7 +286,7 @@ class ConsistentDump:
             facts.gtid = str(cur.fetchone()[0] or "") or None
 
     def _wait_for_dump_snapshot(
-        self, lock: pymysql.connections.Connection, max_thread: int
+        self, lock: pymysql.connections.Connection, existing: set[int]
     ) -> bool:
         """Hold the lock until mysqldump's own transaction (a newer thread) has its snapshot.
 
@@ -298,19 +299,12 @@ class ConsistentDump:
                 assert self.process is not None
                 if self.process.poll() is not None:
                     return True  # it failed early; the caller reports its stderr
-                cur.execute(
-                    "SELECT COUNT(*) FROM information_schema.innodb_trx t"
-                    " JOIN information_schema.processlist p ON p.ID = t.trx_mysql_thread_id"
-                    " WHERE p.ID > %s",
-                    (max_thread,),
-                )
-                if int(cur.fetchone()[0]) > 0:
+                cur.execute("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx")
+                if {int(row[0]) for row in cur.fetchall()} - existing:
                     return True
                 time.sleep(0.005)
             cur.execute(
                 "SELECT ID, COMMAND, STATE, LEFT(INFO, 80) FROM information_schema.processlist"
-                " WHERE ID > %s",
-                (max_thread,),
             )
             self.snapshot_note = (
                 f"dump snapshot not seen within {self.snapshot_wait_seconds}s: {cur.fetchall()}"
