@@ -88,20 +88,27 @@ def _up(console, api_url: str, rows: int, deploy: bool, drill: bool) -> None:  #
         from flows.restore_drill import RestoreDrillParams, restore_drill
 
         state = restore_drill(RestoreDrillParams(), return_state=True)
-        record = state.result(raise_on_failure=False)
+        outcome = state.result(raise_on_failure=False)
+        record = getattr(outcome, "record", outcome)  # DrillFailed carries the record
         if hasattr(record, "passed"):
-            verdict = "[green]PASSED[/]" if record.passed else "[red]FAILED[/]"
-            console.print(
-                f"restore drill {verdict}: RTO {record.rto_seconds or 0:.1f} s (target "
-                f"{record.rto_target_seconds:.0f} s), RPO {record.rpo_seconds or 0:.1f} s (target "
-                f"{record.rpo_target_seconds:.0f} s)"
-            )
+            console.print(_drill_line(record))
             exit_code = 0 if record.passed else 1
+            if not record.passed:
+                console.print("  " + "; ".join(record.reasons))
         else:
-            console.print(f"[red]restore drill failed:[/] {record}")
+            console.print(f"[red]restore drill failed:[/] {outcome}")
             exit_code = 1
     console.print(f"\nPrefect UI: {api_url.removesuffix('/api')}  (state in {vibeops_home()})")
     raise typer.Exit(exit_code)
+
+
+def _drill_line(record) -> str:  # type: ignore[no-untyped-def]
+    verdict = "[green]PASSED[/]" if record.passed else "[red]FAILED[/]"
+    return (
+        f"restore drill {verdict}: RTO {record.rto_seconds or 0:.1f} s (target "
+        f"{record.rto_target_seconds:.0f} s), RPO {record.rpo_seconds or 0:.1f} s (target "
+        f"{record.rpo_target_seconds:.0f} s), from {record.region or '-'}"
+    )
 
 
 def _setup_blocks(console) -> None:  # type: ignore[no-untyped-def]
@@ -154,10 +161,18 @@ def drill(
     source: str = typer.Option("vibebench", help="Source whose newest backup to restore."),
 ) -> None:
     """Run restore-drill once in this process."""
+    from rich.console import Console
+
     from flows.restore_drill import RestoreDrillParams, restore_drill
 
-    record = restore_drill(RestoreDrillParams(source=source))
-    typer.echo(f"drill passed={record.passed} rto={record.rto_seconds}s rpo={record.rpo_seconds}s")
+    state = restore_drill(RestoreDrillParams(source=source), return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    record = getattr(outcome, "record", outcome)
+    if not hasattr(record, "passed"):
+        Console().print(f"[red]restore drill failed:[/] {outcome}")
+        raise typer.Exit(1)
+    Console().print(_drill_line(record))
+    raise typer.Exit(0 if record.passed else 1)
 
 
 @app.command("backups")
