@@ -295,6 +295,25 @@ def test_a_slow_benchmark_alert_recycles_the_hung_pod_end_to_end(
     assert "alert `SlowBenchmarkRun`" in artifact.data
 
 
+def test_two_different_alerts_at_once_start_two_runs(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+):
+    """Two pods hang at the same moment: each alert gets its own run (one bucket per alert)."""
+    case = unique("pair")
+    alerts = [
+        make_alert("SlowBenchmarkRun", {"namespace": "bench", "pod": f"runner-{i}", "case": case})
+        for i in (1, 2)
+    ]
+    alertmanager.post_alerts(alerts)
+    events = prefect_alert_events.wait_for(by_test_label("case", case), count=2)
+    fingerprints = {e.resource["alert.fingerprint"] for e in events}
+    assert len(fingerprints) == 2
+    for fingerprint in fingerprints:
+        run_started_by(alert_deployments, "SlowBenchmarkRun", fingerprint)
+
+
 def test_the_same_alert_posted_20_times_starts_one_run(
     alertmanager: Alertmanager,
     alert_relay: Any,
@@ -396,6 +415,57 @@ def test_unauthenticated_post_gets_401_and_no_event(
     assert prefect_alert_events.matching(by_test_label("case", case)) == []
     for deployment_id in alert_deployments.values():
         assert not [r for r in read_runs_of(deployment_id) if _mentions(r, "feedface", case)]
+
+
+def test_two_relay_replicas_posting_the_same_alert_start_one_run(
+    alertmanager: Alertmanager,
+    alert_relay: Any,
+    relay_token: str,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+):
+    """Each replica has its own dedupe window, but both derive the same event id."""
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.relay.app import RelaySettings, RelayThread, create_app
+    from tasks.local_stack import free_port
+
+    settings = RelaySettings(
+        token=relay_token,
+        prefect_api_url=PREFECT_API_URL.value(),
+        dedupe_window_seconds=300,
+        path=RELAY_PATH,
+    )
+    second = RelayThread(create_app(settings), port=free_port()).start()
+    try:
+        fingerprint = uuid.uuid4().hex[:16]
+        body = {
+            "version": "4",
+            "status": "firing",
+            "receiver": "vibeops-relay",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "DatabaseConnectionPoolExhausted", "namespace": "p"},
+                    "annotations": {},
+                    "startsAt": "2025-01-01T00:00:00Z",
+                    "fingerprint": fingerprint,
+                }
+            ],
+        }
+        headers = {"Authorization": f"Bearer {relay_token}"}
+        answers = [
+            httpx.post(f"{relay.url}{RELAY_PATH}", json=body, headers=headers, timeout=10).json()
+            for relay in (alert_relay, second)
+        ]
+    finally:
+        second.stop()
+    assert [a["emitted"] for a in answers] == [1, 1]
+    assert answers[0]["event_ids"] == answers[1]["event_ids"]
+    run_started_by(alert_deployments, "DatabaseConnectionPoolExhausted", fingerprint)
+    _barrier_run(alertmanager, alert_deployments, prefect_alert_events)
+    deployment_id = alert_deployments[RUNBOOKS["DatabaseConnectionPoolExhausted"]]
+    assert len([r for r in read_runs_of(deployment_id) if _mentions(r, fingerprint)]) == 1
 
 
 def test_malformed_json_and_missing_alerts_get_400(alert_relay: Any, relay_token: str):
