@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
@@ -37,6 +37,12 @@ class MySQLConnection(Block):
     )
     connect_timeout_seconds: int = Field(
         default=10, ge=1, le=300, description="How long to wait for the TCP connect."
+    )
+    backup_engine: Literal["mysqldump", "mydumper", "physical"] = Field(
+        default="mysqldump",
+        description="Engine backup-mysql uses when its `engine` parameter is 'default': "
+        "mysqldump (portable), mydumper (parallel logical), physical (mariadb-backup / "
+        "xtrabackup; the worker must run on the database host).",
     )
 
     @field_validator("host")

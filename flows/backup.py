@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mysql, resolve_store
 from tasks.backup import build_manifest, commit_manifest, preflight, stream_dump, verify_backup
+from tasks.engines import resolve_engine
 from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
-from tasks.mysql import find_tool, quote_identifier
+from tasks.mysql import quote_identifier
 from tasks.storage import open_store
 
 
@@ -43,6 +44,21 @@ class BackupMySQLParams(BaseModel):
         default=True,
         description="Record CHECKSUM TABLE per table in the manifest (restore drills compare them).",
     )
+    engine: Literal["default", "mysqldump", "mydumper", "physical"] = Field(
+        default="default",
+        description="Backup engine: 'default' = the connection block's backup_engine; "
+        "mysqldump (portable, managed servers), mydumper (parallel logical: faster restores), "
+        "physical (mariadb-backup / xtrabackup: fastest restores; needs the database host).",
+    )
+    threads: int = Field(
+        default=2, ge=1, le=32, description="Worker threads of mydumper and mariadb-backup."
+    )
+    chunk_rows: int = Field(
+        default=100_000,
+        ge=1_000,
+        le=10_000_000,
+        description="mydumper: rows per chunk file (myloader loads chunks in parallel).",
+    )
 
     @field_validator("source")
     @classmethod
@@ -64,6 +80,7 @@ def _summary(manifest: BackupManifest, checks: list, seconds: float) -> str:
         "| fact | value |",
         "|---|---|",
         f"| source | `{manifest.source}` ({manifest.server_version}) |",
+        f"| engine | {manifest.engine} ({manifest.tool_versions.get('dump', '-')}) |",
         f"| consistent at | {manifest.consistent_at:%Y-%m-%d %H:%M:%S} UTC |",
         f"| binlog | {manifest.binlog_file or '-'}:{manifest.binlog_position or '-'} |",
         f"| tables / rows | {len(manifest.tables)} / {manifest.total_rows:,} |",
@@ -98,6 +115,7 @@ def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
     logger = get_run_logger()
     started = datetime.now(UTC)
     conn = resolve_mysql(params.connection_block, params.database)
+    engine = resolve_engine(params.engine, conn.backup_engine)
     store_block = resolve_store(params.store_block)
     stores = [open_store(d) for d in store_block.destinations]
     backup_id = new_backup_id(started)
@@ -107,9 +125,9 @@ def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
         "prefect.resource.name": params.source,
     }
     try:
-        with tags(f"db:{conn.host}:{conn.port}/{params.database}"):
-            facts = preflight(conn, params.database, stores)
-            written, snapshot, object_name = stream_dump(
+        with tags(f"db:{conn.host}:{conn.port}"):
+            facts = preflight(conn, params.database, stores, engine)
+            dump = stream_dump(
                 conn,
                 params.database,
                 facts,
@@ -118,20 +136,22 @@ def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
                 params.codec,
                 params.compression_level,
                 params.record_checksums,
+                engine,
+                params.threads,
+                params.chunk_rows,
             )
-            checks = verify_backup(stores, f"{prefix}{object_name}", written, params.codec)
+            checks = verify_backup(
+                stores, f"{prefix}{dump.object_name}", dump.written, params.codec
+            )
             manifest = build_manifest(
                 backup_id=backup_id,
                 source=params.source,
                 database=params.database,
                 source_facts=facts,
-                snapshot=snapshot,
-                written=written,
-                object_name=object_name,
+                dump=dump,
                 codec=params.codec,
                 stores=stores,
                 started_at=started,
-                dump_binary=find_tool("mariadb-dump", "mysqldump", package="mariadb-client"),
             )
             commit_manifest(stores, manifest)
     except Exception as exc:
@@ -140,6 +160,7 @@ def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
             resource=resource,
             payload={
                 "backup_id": backup_id,
+                "engine": engine,
                 "error": type(exc).__name__,
                 "message": str(exc)[:500],
             },
@@ -163,6 +184,7 @@ def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
         resource=resource,
         payload={
             "backup_id": manifest.backup_id,
+            "engine": manifest.engine,
             "database": manifest.database,
             "consistent_at": manifest.consistent_at.isoformat(),
             "size_bytes": manifest.total_size,

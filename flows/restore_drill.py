@@ -43,6 +43,7 @@ from tasks.drill import (
     scratch_database_name,
     validate_backup_selector,
 )
+from tasks.engines import EngineRto, engine_rto_lines, rto_by_engine
 from tasks.errors import (
     BackupVerificationError,
     DrillFailed,
@@ -54,12 +55,14 @@ from tasks.manifest import BackupManifest, validate_source_name
 from tasks.restore import (
     BackupSearch,
     RestoreStats,
+    RestoreTarget,
     find_backup,
     keep_scratch,
     list_drill_databases,
     prepare_scratch_target,
     restore_copy,
     teardown_scratch,
+    teardown_scratch_server,
 )
 from tasks.storage import open_store
 from tasks.validation import (
@@ -160,6 +163,7 @@ class _Drill:
     validated_at: datetime | None = None
     problems: list[str] = field(default_factory=list)
     scratch_fate: str = "not created"
+    engine_rto: list[EngineRto] = field(default_factory=list)
 
     @property
     def manifest(self) -> BackupManifest | None:
@@ -204,6 +208,7 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
     drill = _Drill(params, started, DrillTargets(rto=params.rto_target, rpo=params.rpo_target))
     owned = False
     kept_until: datetime | None = None
+    target: RestoreTarget | None = None
     try:
         with tags(f"db:{server.host}:{server.port}", "restore-drill"):
             clock = time.perf_counter()
@@ -231,9 +236,14 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
                 try:
                     with transaction():
                         target = prepare_scratch_target(
-                            server, drill.scratch, marker, protected, manifest.engine
+                            server,
+                            drill.scratch,
+                            marker,
+                            protected,
+                            manifest.engine,
+                            manifest.database,
                         )
-                        owned = True
+                        owned = target.kind == "scratch-database"
                         prepared = time.perf_counter()
                         stats = restore_copy(
                             manifest, stores[region], target, params.load_connections
@@ -249,16 +259,16 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
                     CopyAttempt(region, "restored", objects=stats.objects, seconds=stats.seconds)
                 )
                 break
-            if drill.stats is None:
+            if drill.stats is None or target is None:
                 raise DrillFailed("no region's copy could be restored")
             clock = time.perf_counter()
             drill.validation = validate_restore(
-                server, drill.scratch, manifest, suite, params.load_connections
+                target.connection, target.database, manifest, suite, params.load_connections
             )
             drill.phases["validate"] = time.perf_counter() - clock
             drill.validated_at = datetime.now(UTC)
             drill.problems += drill.validation.problems
-            if params.keep_hours:
+            if params.keep_hours and target.kind == "scratch-database":
                 status = "passed" if drill.validation.ok else "failed"
                 kept_until = keep_scratch(
                     server, drill.scratch, status, timedelta(hours=params.keep_hours)
@@ -269,6 +279,8 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
         )
         logger.error("drill failed: %s", exc)
     finally:
+        if target is not None and target.scratch_server is not None:
+            drill.scratch_fate = teardown_scratch_server(target)
         if owned and drill.scratch and kept_until is None:
             teardown_scratch(server, drill.scratch, owned=True)
             drill.scratch_fate = f"`{drill.scratch}` dropped"
@@ -367,6 +379,7 @@ def _publish(drill: _Drill) -> tuple[DrillRecord, Verdict]:
     )
     path = default_history_path()
     append_history(path, record)
+    drill.engine_rto = rto_by_engine(read_history(path, params.source))
     slug = _slug(params.source)
     create_markdown_artifact(
         key=f"restore-drill-{slug}",
@@ -411,6 +424,7 @@ def _history_row(r: DrillRecord) -> dict[str, str]:
         "verdict": "PASSED" if r.passed else "FAILED",
         "backup": r.backup_id or "-",
         "region": r.region or "-",
+        "engine": r.engine or "mysqldump",
         "RTO s": f"{r.rto_seconds:.1f}" if r.rto_seconds is not None else "-",
         "RPO s": f"{r.rpo_seconds:.0f}" if r.rpo_seconds is not None else "-",
         "targets s": f"{r.rto_target_seconds:.0f} / {r.rpo_target_seconds:.0f}",
@@ -476,7 +490,9 @@ def _report(
                 else "No region's copy was usable.",
             ]
         lines.append("")
-    if stats:
+    if stats and manifest and manifest.engine != "mysqldump":
+        lines += [_engine_restore_line(manifest, stats), ""]
+    elif stats:
         lines += [
             f"Loaded {stats.uncompressed_bytes / 1e6:,.1f} MB of SQL ({stats.statements:,} statements) "
             f"over {stats.connections} connection(s)"
@@ -529,8 +545,23 @@ def _report(
                 f"| {e.table} | `{e.expectation}`({_cell(args)}) | {result} | {_cell(e.skipped or e.observed)} |"
             )
         lines.append("")
-    lines.append(f"Scratch database: {drill.scratch_fate}.")
+    lines += engine_rto_lines(drill.engine_rto)
+    scratch_kind = "Throwaway server" if "throwaway" in drill.scratch_fate else "Scratch database"
+    lines.append(f"{scratch_kind}: {drill.scratch_fate}.")
     return "\n".join(lines)
+
+
+def _engine_restore_line(manifest: BackupManifest, stats: RestoreStats) -> str:
+    if manifest.engine == "physical":
+        return (
+            f"Extracted {stats.uncompressed_bytes / 1e6:,.1f} MB of data files, prepared them and "
+            "started a throwaway server on them (validated there, then stopped and deleted)."
+        )
+    return (
+        f"Extracted {stats.uncompressed_bytes / 1e6:,.1f} MB of mydumper files "
+        f"({stats.statements:,} files) and loaded them with myloader over "
+        f"{stats.connections} thread(s), binary log skipped."
+    )
 
 
 def _cell(text: str) -> str:

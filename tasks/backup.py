@@ -9,6 +9,7 @@ import re
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from prefect import get_run_logger, task
@@ -19,9 +20,9 @@ from prefect.tasks import exponential_backoff
 from blocks.mysql import MySQLConnection
 from tasks.backup_stream import RegionCheck, StreamResult, stream_to_stores, verify_copies
 from tasks.compression import EXTENSIONS
+from tasks.engine_io import stream_engine_backup, tool_error
+from tasks.engines import check_engine_tools
 from tasks.errors import (
-    DatabaseAuthError,
-    DatabaseNotFound,
     DatabaseUnreachable,
     DestinationMissing,
     ExternalCommandError,
@@ -30,12 +31,17 @@ from tasks.errors import (
 from tasks.manifest import (
     BackupManifest,
     Codec,
+    Engine,
+    MydumperDetails,
+    PhysicalDetails,
     RegionCopy,
     StoredObject,
     TableFacts,
     backup_prefix,
 )
+from tasks.mydumper import MydumperBackup
 from tasks.mysql import ConsistentDump, SnapshotFacts, SourceFacts, read_source_facts, tool_version
+from tasks.physical import PhysicalBackup, source_datadir
 from tasks.storage import ObjectStore
 
 TRANSIENT_HTTP = re.compile(r"\b(429|500|502|503|504)\b|Connection refused|timed out|reset by peer")
@@ -69,9 +75,17 @@ def retry_transient(task, task_run, state) -> bool:  # type: ignore[no-untyped-d
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient,
 )
-def preflight(conn: MySQLConnection, database: str, stores: list[ObjectStore]) -> SourceFacts:
-    """Check the source and every destination before anything is written."""
+def preflight(
+    conn: MySQLConnection,
+    database: str,
+    stores: list[ObjectStore],
+    engine: Engine = "mysqldump",
+) -> SourceFacts:
+    """Check the source, the engine's tools and every destination before anything is written."""
     facts = read_source_facts(conn, database)
+    check_engine_tools(engine, facts.server_version)
+    if engine == "physical":
+        source_datadir(conn, database)
     for store in stores:
         store.check_ready()
     get_run_logger().info(
@@ -90,18 +104,7 @@ def preflight(conn: MySQLConnection, database: str, stores: list[ObjectStore]) -
 
 
 def _dump_error(stderr: bytes, returncode: int, database: str) -> Exception:
-    text = stderr.decode(errors="replace").strip()
-    if "1049" in text or "Unknown database" in text:
-        return DatabaseNotFound(f"database {database!r} does not exist: {text[-300:]}")
-    if "1045" in text or "Access denied" in text:
-        return DatabaseAuthError(f"mysqldump was refused: {text[-300:]}; fix the connection block")
-    if "2003" in text or "2002" in text or "Lost connection" in text:
-        return DatabaseUnreachable(f"mysqldump lost the server: {text[-300:]}")
-    return ExternalCommandError(
-        f"mysqldump exited with {returncode}"
-        + (" (killed)" if returncode < 0 else "")
-        + (f": {text[-500:]}" if text else "")
-    )
+    return tool_error("mysqldump", stderr, returncode, database)
 
 
 class _Progress:
@@ -135,6 +138,20 @@ class _Progress:
             self.bar.stop()
 
 
+@dataclass(frozen=True)
+class DumpOutput:
+    """What one engine's backup wrote, and what its manifest must record."""
+
+    written: StreamResult
+    snapshot: SnapshotFacts
+    object_name: str
+    engine: Engine = "mysqldump"
+    tool_version: str = ""
+    restore_hints: dict[str, str | int] = field(default_factory=dict)
+    mydumper: MydumperDetails | None = None
+    physical: PhysicalDetails | None = None
+
+
 @task(
     cache_policy=NO_CACHE,
     name="stream-mysql-dump",
@@ -152,8 +169,25 @@ def stream_dump(
     codec: Codec,
     level: int,
     record_checksums: bool,
-) -> tuple[StreamResult, SnapshotFacts, str]:
-    """Dump `database` once, compressed, into every region; returns what was written."""
+    engine: Engine = "mysqldump",
+    threads: int = 2,
+    chunk_rows: int = 100_000,
+) -> DumpOutput:
+    """Back `database` up once with `engine`, compressed, into every region."""
+    if engine != "mysqldump":
+        return _stream_engine(
+            engine,
+            conn,
+            database,
+            source_facts,
+            stores,
+            prefix,
+            codec,
+            level,
+            record_checksums,
+            threads,
+            chunk_rows,
+        )
     logger = get_run_logger()
     object_name = f"dump.sql{EXTENSIONS[codec]}"
     key = f"{prefix}{object_name}"
@@ -202,6 +236,8 @@ def stream_dump(
             progress.close()
         assert dump.facts is not None
         facts = dump.facts
+        if dump.snapshot_note:
+            logger.warning("row counts/checksums may differ from the dump: %s", dump.snapshot_note)
     logger.info(
         "wrote %s: %.1f MB from %.1f MB (%.1fx), sha256 %s…",
         object_name,
@@ -210,7 +246,83 @@ def stream_dump(
         result.uncompressed_size / max(result.size, 1),
         result.sha256[:12],
     )
-    return result, facts, object_name
+    return DumpOutput(
+        result,
+        facts,
+        object_name,
+        tool_version=tool_version(dump.binary),
+        restore_hints={"exact_snapshot": int(facts.exact)},
+    )
+
+
+def _stream_engine(
+    engine: Engine,
+    conn: MySQLConnection,
+    database: str,
+    source_facts: SourceFacts,
+    stores: list[ObjectStore],
+    prefix: str,
+    codec: Codec,
+    level: int,
+    record_checksums: bool,
+    threads: int,
+    chunk_rows: int,
+) -> DumpOutput:
+    """The `mydumper` and `physical` engines: the same compress, fan-out and commit rule."""
+    progress = _Progress(source_facts.data_bytes, f"{database} ({engine})")
+    producer: MydumperBackup | PhysicalBackup
+    if engine == "mydumper":
+        producer = MydumperBackup(
+            conn, database, source_facts.tables, threads, chunk_rows, record_checksums, progress
+        )
+    else:
+        producer = PhysicalBackup(
+            conn,
+            database,
+            source_facts.tables,
+            source_facts.server_version,
+            threads,
+            record_checksums,
+            progress,
+        )
+    object_name = f"{producer.object_name}{EXTENSIONS[codec]}"
+    try:
+        with producer:
+            written = stream_engine_backup(producer, stores, f"{prefix}{object_name}", codec, level)
+    finally:
+        progress.close()
+    facts = producer.facts
+    assert facts is not None
+    hints: dict[str, str | int] = {"exact_snapshot": int(facts.exact)}
+    mydumper = physical = None
+    if isinstance(producer, MydumperBackup):
+        mydumper = producer.details()
+        hints |= {"threads": threads, "rows_per_chunk": chunk_rows, "files": len(mydumper.files)}
+    else:
+        physical = producer.details()
+        hints |= {"tool": physical.tool, "exact_by": physical.exact_by}
+        if physical.to_lsn is not None:
+            hints["to_lsn"] = physical.to_lsn
+    get_run_logger().info(
+        "wrote %s (%s): %.1f MB from %.1f MB (%.1fx), sha256 %s…; facts exact: %s",
+        object_name,
+        engine,
+        written.size / 1e6,
+        written.uncompressed_size / 1e6,
+        written.uncompressed_size / max(written.size, 1),
+        written.sha256[:12],
+        facts.exact,
+    )
+    return DumpOutput(
+        written,
+        facts,
+        object_name,
+        engine=engine,
+        tool_version=tool_version(producer.binary),
+        restore_hints=hints,
+        mydumper=mydumper,
+        physical=physical,
+    )
 
 
 @task(
@@ -241,18 +353,17 @@ def build_manifest(
     source: str,
     database: str,
     source_facts: SourceFacts,
-    snapshot: SnapshotFacts,
-    written: StreamResult,
-    object_name: str,
+    dump: DumpOutput,
     codec: Codec,
     stores: list[ObjectStore],
     started_at: datetime,
-    dump_binary: str,
 ) -> BackupManifest:
     """The manifest of a finished, verified backup."""
     prefix = backup_prefix("mysql", source, backup_id)
+    snapshot, written = dump.snapshot, dump.written
     return BackupManifest(
         backup_id=backup_id,
+        engine=dump.engine,
         source=source,
         database=database,
         server_version=source_facts.server_version,
@@ -265,7 +376,7 @@ def build_manifest(
         codec=codec,
         objects=[
             StoredObject(
-                name=object_name,
+                name=dump.object_name,
                 size=written.size,
                 sha256=written.sha256,
                 uncompressed_size=written.uncompressed_size,
@@ -279,12 +390,14 @@ def build_manifest(
         routines=source_facts.routines,
         regions=[RegionCopy(region=s.region, uri=s.uri(prefix)) for s in stores],
         tool_versions={
-            "dump": tool_version(dump_binary),
+            "dump": dump.tool_version,
             "python-zstandard": __import__("zstandard").__version__,
             "vibebench-ops": "0.1.0",
         },
-        restore_hints={"exact_snapshot": int(snapshot.exact)},
+        restore_hints=dump.restore_hints,
         prefix=prefix,
+        mydumper=dump.mydumper,
+        physical=dump.physical,
     )
 
 

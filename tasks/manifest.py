@@ -47,6 +47,40 @@ class RegionCopy(BaseModel):
     uri: str = Field(description="Address of the backup's folder in that region.")
 
 
+class DumpFile(BaseModel):
+    """One file of a mydumper dump directory, as archived."""
+
+    name: str = Field(description="File name inside the dump directory (no folders).")
+    size: int = Field(ge=0, description="Uncompressed size in bytes.")
+
+
+class MydumperDetails(BaseModel):
+    """What myloader needs to restore a `mydumper` backup (a tar of the dump directory)."""
+
+    archive: Literal["tar"] = Field(
+        default="tar", description="The dump directory is one tar stream inside the object."
+    )
+    files: list[DumpFile] = Field(description="Every file of the dump directory.")
+    threads: int = Field(ge=1, description="mydumper threads (myloader may use another count).")
+    rows_per_chunk: int = Field(ge=1, description="mydumper --rows: rows per data chunk file.")
+    source_database: str = Field(description="Database name inside the dump (myloader -s).")
+
+
+class PhysicalDetails(BaseModel):
+    """What a restore needs to extract, prepare and start a `physical` backup."""
+
+    tool: Literal["mariadb-backup", "xtrabackup"] = Field(description="The backup tool.")
+    flavor: Literal["mariadb", "mysql"] = Field(description="Server family (picks the tools).")
+    stream_format: Literal["xbstream"] = "xbstream"
+    databases: list[str] = Field(description="Schemas copied (the database plus `mysql`).")
+    from_lsn: int | None = Field(default=None, description="Redo log copied from this LSN.")
+    to_lsn: int | None = Field(default=None, description="... up to this LSN (consistent point).")
+    exact_by: Literal["binlog-position", "backup-stage-order", "none"] = Field(
+        default="none",
+        description="How the row counts/checksums were proven to match the backup's point.",
+    )
+
+
 class BackupManifest(BaseModel):
     """Everything a restore, a drill or retention needs to know about one backup."""
 
@@ -74,6 +108,12 @@ class BackupManifest(BaseModel):
         default_factory=dict, description="Engine-specific facts a restore needs."
     )
     prefix: str = Field(description="Key prefix of the backup's folder (ends with '/').")
+    mydumper: MydumperDetails | None = Field(
+        default=None, description="Set for engine `mydumper`: the dump directory's layout."
+    )
+    physical: PhysicalDetails | None = Field(
+        default=None, description="Set for engine `physical`: tool, LSNs, copied schemas."
+    )
 
     @property
     def total_size(self) -> int:

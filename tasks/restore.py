@@ -60,7 +60,14 @@ from tasks.errors import (
     StorageError,
 )
 from tasks.manifest import BackupManifest, Engine, StoredObject
+from tasks.mydumper import restore_mydumper
 from tasks.mysql import connect, defaults_file, find_tool, quote_identifier
+from tasks.physical import (
+    ScratchServer,
+    check_scratch_server,
+    create_scratch_server,
+    restore_physical,
+)
 from tasks.storage import READ_CHUNK, ObjectStore
 
 READ_AHEAD = 4
@@ -80,6 +87,7 @@ class RestoreTarget:
     kind: Literal["scratch-database", "scratch-server"]
     connection: MySQLConnection
     database: str
+    scratch_server: ScratchServer | None = None
 
 
 @dataclass
@@ -709,7 +717,11 @@ def _restore_object(
 
 
 Restorer = Callable[..., RestoreStats]
-RESTORERS: dict[Engine, Restorer] = {"mysqldump": restore_logical_dump}
+RESTORERS: dict[Engine, Restorer] = {
+    "mysqldump": restore_logical_dump,
+    "mydumper": restore_mydumper,
+    "physical": restore_physical,
+}
 
 
 def restorer_for(manifest: BackupManifest) -> Restorer:
@@ -751,12 +763,33 @@ def prepare_scratch_target(
     marker: DrillMarker,
     protected: list[str],
     engine: Engine = "mysqldump",
+    database: str = "",
 ) -> RestoreTarget:
-    """Create the scratch database (marked as the drill's); undone by the transaction's rollback."""
-    if engine == "physical":
-        raise ConfigurationError("physical restores need a throwaway server (not built yet)")
-    create_scratch_database(server, name, marker, protected)
+    """Create the scratch database (marked as the drill's); undone by the transaction's rollback.
+
+    For a `physical` backup: a throwaway server's folder and port instead (`database` is the
+    backed-up database, which the server will hold); the server starts during the restore.
+    """
     transaction = get_transaction()
+    if engine == "physical":
+        scratch = create_scratch_server(name, protected_ports=[server.port])
+        try:
+            check_scratch_server(scratch, server)
+        except BaseException:
+            scratch.remove()
+            raise
+        if transaction is not None:
+            transaction.set("scratch_server", scratch)
+        get_run_logger().info(
+            "throwaway server for %s: %s, port %s", name, scratch.workdir, scratch.port
+        )
+        return RestoreTarget(
+            kind="scratch-server",
+            connection=scratch.connection(database),
+            database=database,
+            scratch_server=scratch,
+        )
+    create_scratch_database(server, name, marker, protected)
     if transaction is not None:
         transaction.set("scratch", (server, name))
     get_run_logger().info("created scratch database %s on %s:%s", name, server.host, server.port)
@@ -765,6 +798,10 @@ def prepare_scratch_target(
 
 @prepare_scratch_target.on_rollback
 def _discard_scratch(transaction) -> None:  # type: ignore[no-untyped-def]
+    scratch = transaction.get("scratch_server", None)
+    if scratch is not None:
+        scratch.remove()
+        return
     server, name = transaction.get("scratch")
     drop_scratch_database(server, name, owned=True)
 
@@ -780,6 +817,7 @@ def restore_copy(
     logger = get_run_logger()
     restore = restorer_for(manifest)
     progress = _Progress(f"Restoring {manifest.backup_id} from {store.region}")
+    server = {"scratch_server": target.scratch_server} if target.scratch_server else {}
     try:
         stats = restore(
             manifest,
@@ -788,6 +826,7 @@ def restore_copy(
             target.database,
             connections=connections,
             on_progress=progress,
+            **server,
         )
     finally:
         progress.close()
@@ -823,6 +862,24 @@ def teardown_scratch(server: MySQLConnection, name: str, owned: bool) -> bool:
     if dropped:
         get_run_logger().info("dropped scratch database %s", name)
     return dropped
+
+
+@task(cache_policy=NO_CACHE, name="stop-throwaway-server", retries=1, retry_delay_seconds=2)
+def teardown_scratch_server(target: RestoreTarget) -> str:
+    """Stop a physical drill's throwaway server and delete its folder; says what it did."""
+    scratch = target.scratch_server
+    if scratch is None:
+        return "no throwaway server"
+    was_running = scratch.running
+    scratch.remove()
+    if scratch.running or scratch.workdir.exists():
+        raise RestoreLoadError(f"throwaway server in {scratch.workdir} could not be removed")
+    done = (
+        f"throwaway server on port {scratch.port} {'stopped' if was_running else 'not running'}"
+        f", {scratch.workdir} deleted"
+    )
+    get_run_logger().info("%s", done)
+    return done
 
 
 @dataclass
