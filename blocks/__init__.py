@@ -1,15 +1,25 @@
 """Prefect blocks: connections, the backup store and policies.
 
-Register them with `prefect block register -m blocks`.
+Register them with `prefect block register -m blocks`. Classes load on first use, so a flow
+that needs only the Kubernetes block does not import prefect-gcp (and pandas) at start.
 """
 
-from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
-from blocks.gcs_emulator import EmulatorGcpCredentials
-from blocks.kube import KubeCluster
-from blocks.mysql import MySQLConnection
-from blocks.retention import RetentionPolicy
-from blocks.tenants import TenantSettings, TenantTiers
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_MODULES = {
+    "BackupStore": "blocks.backup_store",
+    "GcsDestination": "blocks.backup_store",
+    "LocalFolderDestination": "blocks.backup_store",
+    "EmulatorGcpCredentials": "blocks.gcs_emulator",
+    "KubeCluster": "blocks.kube",
+    "MySQLConnection": "blocks.mysql",
+    "RetentionPolicy": "blocks.retention",
+    "TenantSettings": "blocks.tenants",
+    "TenantTiers": "blocks.tenants",
+}
 __all__ = [
     "BackupStore",
     "EmulatorGcpCredentials",
@@ -21,3 +31,24 @@ __all__ = [
     "TenantSettings",
     "TenantTiers",
 ]
+
+if TYPE_CHECKING:
+    from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
+    from blocks.gcs_emulator import EmulatorGcpCredentials
+    from blocks.kube import KubeCluster
+    from blocks.mysql import MySQLConnection
+    from blocks.retention import RetentionPolicy
+    from blocks.tenants import TenantSettings, TenantTiers
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'blocks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    # `prefect block register -m blocks` walks dir(); listing the names loads every class.
+    return sorted(set(globals()) | set(__all__))
