@@ -9,13 +9,17 @@ regions, then measures in one run, on the same server and the same dump object:
   (b) the drill's restore phase (download + sha256 + decompress + load, tasks.restore) into a
       scratch database, single stream (1 connection) and parallel (--connections)
   (c) the whole restore-drill flow (find, restore, parity + CHECKSUM TABLE + expectations)
+  (d) the drill's restore phase of the other backup engines, from their own backups of the
+      same database: `mydumper` (download + sha256 + decompress + untar + `myloader -t k`)
+      and `physical` (download + sha256 + decompress + `mbstream -x` + `--prepare` + a
+      throwaway server answering on the prepared datadir), and their whole drills
 
-(a) and (b) run in interleaved rounds (--rounds, medians), each after InnoDB has flushed the
-previous step's dirty pages; then prints, last:
+(a), (b) and (d) run in interleaved rounds (--rounds, medians), each after InnoDB has flushed
+the previous step's dirty pages; then prints, last:
 
-    RESULT restore_vs_baseline=<b_parallel/a> rto_s=<c> rows=<N> single_stream=<b_single/a> connections=<k>
+    RESULT restore_vs_baseline=<b_parallel/a> restore_vs_baseline_mydumper=<d_mydumper/a> restore_vs_baseline_physical=<d_physical/a> rows=<N>
 
-Targets: single stream <= 1.1, parallel <= 0.7 (this machine: 2 cores).
+Targets: single stream <= 1.1, parallel <= 0.7, mydumper <= 0.5, physical <= 0.25 (2 cores).
 Usage: uv run python bench/restore_mysql.py [--rows 2000000] [--connections 2] [--rounds 3]
 """
 
@@ -123,7 +127,9 @@ def run(args: argparse.Namespace, port: int) -> None:
     from flows.backup import BackupMySQLParams, backup_mysql
     from flows.restore_drill import RestoreDrillParams, restore_drill
     from tasks.drill import DrillMarker
+    from tasks.mydumper import restore_mydumper
     from tasks.mysql import defaults_file, table_row_counts
+    from tasks.physical import create_scratch_server, restore_physical
     from tasks.restore import create_scratch_database, drop_scratch_database, restore_logical_dump
     from tasks.storage import open_store
 
@@ -139,6 +145,27 @@ def run(args: argparse.Namespace, port: int) -> None:
         f"{(obj.uncompressed_size or 0) / 1e6:.1f} MB of SQL",
         flush=True,
     )
+
+    # A physical backup carries the redo written since the last checkpoint; right after the
+    # bulk seed that is most of the seed, unlike a nightly backup of a steady server.
+    quiesce(conn)
+    engines = {
+        engine: backup_mysql(
+            BackupMySQLParams(
+                source="vibebench",
+                database="vibebench",
+                engine=engine,  # type: ignore[arg-type]
+                threads=args.connections,
+            )
+        )
+        for engine in ("mydumper", "physical")
+    }
+    for engine, other in engines.items():
+        print(
+            f"{engine} backup {other.backup_id}: {other.total_size / 1e6:.1f} MB {other.codec} "
+            f"from {(other.objects[0].uncompressed_size or 0) / 1e6:.1f} MB",
+            flush=True,
+        )
 
     def baseline() -> None:
         with defaults_file(conn) as cnf:
@@ -178,25 +205,81 @@ def run(args: argparse.Namespace, port: int) -> None:
             drop_scratch_database(conn, name, owned=True)
         return seconds
 
+    def mydumper_restore() -> float:
+        other = engines["mydumper"]
+        name = "drill_bench_mydumper"
+        marker = DrillMarker("bench", "vibebench", other.backup_id, datetime.now(UTC))
+        create_scratch_database(conn, name, marker, ["vibebench"])
+        quiesce(conn)
+        try:
+            seconds, stats = timed(
+                f"(d) drill restore phase, mydumper + myloader -t {args.connections}",
+                lambda: restore_mydumper(other, store, conn, name, args.connections),
+                "mydumper",
+            )
+            print(
+                f"    download {stats.download_s:.2f} s, decompress+untar {stats.decompress_s:.2f}"
+                f" s, myloader {stats.load_s:.2f} s",
+                flush=True,
+            )
+            assert table_row_counts(conn, name, ["experiments"])["experiments"] == args.rows
+        finally:
+            drop_scratch_database(conn, name, owned=True)
+        return seconds
+
+    def physical_restore() -> float:
+        other = engines["physical"]
+        scratch = create_scratch_server("drill_bench_physical", [port])
+        quiesce(conn)
+        try:
+            target = scratch.connection("vibebench")
+            seconds, stats = timed(
+                "(d) drill restore phase, physical (extract + prepare + throwaway server)",
+                lambda: restore_physical(other, store, target, "vibebench", scratch_server=scratch),
+                "physical",
+            )
+            print(
+                f"    download {stats.download_s:.2f} s, decompress {stats.decompress_s:.2f} s,"
+                f" extract + prepare + start {stats.load_s:.2f} s",
+                flush=True,
+            )
+            rows = table_row_counts(target, "vibebench", ["experiments"])["experiments"]
+            assert rows == args.rows, rows
+        finally:
+            scratch.remove()
+        return seconds
+
     # Interleaved rounds, medians: other work on the machine shifts single runs by +-30 %.
-    baselines, singles, parallels = [], [], []
+    baselines, singles, parallels, mydumpers, physicals = [], [], [], [], []
     for round_no in range(1, args.rounds + 1):
         baselines.append(measure_baseline(f"(round {round_no})"))
         singles.append(drill_restore(1))
         if args.connections > 1:
             parallels.append(drill_restore(args.connections))
+        mydumpers.append(mydumper_restore())
+        physicals.append(physical_restore())
     a = statistics.median(baselines)
     single = statistics.median(singles)
     parallel = statistics.median(parallels) if parallels else single
-    quiesce(conn)
-    record = restore_drill(
-        RestoreDrillParams(source="vibebench", load_connections=args.connections)
-    )
-    print(
-        f"(c) whole drill: RTO {record.rto_seconds:.2f} s "
-        + ", ".join(f"{k} {v:.2f}" for k, v in record.phases.items()),
-        flush=True,
-    )
+    mydumper, physical = statistics.median(mydumpers), statistics.median(physicals)
+    rto: dict[str, float] = {}
+    for engine, backup_id in (
+        ("mysqldump", manifest.backup_id),
+        *((e, m.backup_id) for e, m in engines.items()),
+    ):
+        quiesce(conn)
+        record = restore_drill(
+            RestoreDrillParams(
+                source="vibebench", backup=backup_id, load_connections=args.connections
+            )
+        )
+        assert record.rto_seconds is not None
+        rto[engine] = record.rto_seconds
+        print(
+            f"(c) whole drill, {engine}: RTO {record.rto_seconds:.2f} s "
+            + ", ".join(f"{k} {v:.2f}" for k, v in record.phases.items()),
+            flush=True,
+        )
     print(
         f"medians of {args.rounds} round(s): baseline {a:.2f} s, single stream {single:.2f} s "
         f"({single / a:.2f}x), {args.connections} connections {parallel:.2f} s ({parallel / a:.2f}x)"
@@ -208,8 +291,18 @@ def run(args: argparse.Namespace, port: int) -> None:
         + f"; single stream uses {cpu['drill-1'] / cpu['baseline']:.2f}x the baseline's CPU"
     )
     print(
-        f"RESULT restore_vs_baseline={parallel / a:.2f} rto_s={record.rto_seconds:.1f} "
-        f"rows={args.rows} single_stream={single / a:.2f} connections={args.connections}"
+        f"engines vs baseline: mydumper {mydumper:.2f} s ({mydumper / a:.2f}x, target <= 0.5), "
+        f"physical {physical:.2f} s ({physical / a:.2f}x, target <= 0.25); whole-drill RTO "
+        + ", ".join(f"{engine} {seconds:.1f} s" for engine, seconds in rto.items())
+    )
+    print(
+        f"mysqldump engine: rto_s={rto['mysqldump']:.1f} single_stream={single / a:.2f} "
+        f"connections={args.connections}"
+    )
+    print(
+        f"RESULT restore_vs_baseline={parallel / a:.2f} "
+        f"restore_vs_baseline_mydumper={mydumper / a:.2f} "
+        f"restore_vs_baseline_physical={physical / a:.2f} rows={args.rows}"
     )
 
 

@@ -129,8 +129,12 @@ def restore_object_into(
     consume: Callable[[Iterator[bytes]], None],
     stats: RestoreTimes,
     on_progress: Callable[[int, int], None] | None = None,
+    decompress: bool = True,
 ) -> None:
     """Download `obj` from one region, verify its sha256, and feed it decompressed to `consume`.
+
+    With `decompress=False` the consumer gets the compressed bytes (it runs a decompressing
+    process itself, which must fail on a truncated or corrupt stream).
 
     Raises:
         BackupVerificationError: the copy differs from the manifest (try another region).
@@ -147,16 +151,19 @@ def restore_object_into(
     def chunks() -> Iterator[bytes]:
         nonlocal exhausted
         for chunk in download:
-            started = time.perf_counter()
-            out = decompressor.decompress(chunk)
-            stats.decompress_s += time.perf_counter() - started
             stats.compressed_bytes = download.size
             if on_progress is not None:
                 on_progress(download.size, obj.size)
+            if not decompress:
+                yield chunk
+                continue
+            started = time.perf_counter()
+            out = decompressor.decompress(chunk)
+            stats.decompress_s += time.perf_counter() - started
             if out:
                 yield out
         exhausted = True
-        if not decompressor.complete:
+        if decompress and not decompressor.complete:
             raise TruncatedStream(f"{manifest.codec} stream ends inside a frame")
 
     try:
@@ -180,4 +187,6 @@ def restore_object_into(
     finally:
         download.cancel()
         stats.download_s += download.wait_s
-        stats.uncompressed_bytes += decompressor.bytes_out
+        stats.uncompressed_bytes += (
+            decompressor.bytes_out if decompress else obj.uncompressed_size or 0
+        )
