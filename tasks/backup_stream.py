@@ -8,7 +8,9 @@ becomes visible in a region until every region has received the whole stream.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import io
 import queue
 import threading
 from collections.abc import Callable
@@ -63,6 +65,28 @@ class _RegionWriter(threading.Thread):
         self.chunks.put(chunk, timeout=600)
 
 
+class _Hasher(threading.Thread):
+    """sha256 of the compressed stream, off the main thread (hashlib releases the GIL)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="sha256", daemon=True)
+        self.digest = hashlib.sha256()
+        self.chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_DEPTH)
+
+    def run(self) -> None:
+        while (chunk := self.chunks.get()) is not _DONE:
+            self.digest.update(chunk)  # type: ignore[arg-type]
+
+
+F_SETPIPE_SZ = 1031  # fcntl constant (Linux)
+
+
+def _widen_pipe(source: IO[bytes]) -> None:
+    """Give a pipe 1 MiB of buffer so the producer keeps running while we compress."""
+    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        fcntl.fcntl(source.fileno(), F_SETPIPE_SZ, 1 << 20)
+
+
 def stream_to_stores(
     source: IO[bytes],
     stores: list[ObjectStore],
@@ -81,7 +105,9 @@ def stream_to_stores(
         StorageError: a region failed; no region is left with the object.
     """
     compressor = new_compressor(codec, level)
-    digest = hashlib.sha256()
+    _widen_pipe(source)
+    hasher = _Hasher()
+    hasher.start()
     regions = [_RegionWriter(store, key) for store in stores]
     for region in regions:
         region.start()
@@ -90,7 +116,7 @@ def stream_to_stores(
 
     def send(data: bytes) -> None:
         nonlocal size
-        digest.update(data)
+        hasher.chunks.put(data, timeout=600)
         size += len(data)
         for region in regions:
             region.put(data)
@@ -112,8 +138,10 @@ def stream_to_stores(
             send(bytes(pending))
         for region in regions:
             region.put(_DONE)  # type: ignore[arg-type]
+        hasher.chunks.put(_DONE, timeout=600)
         for region in regions:
             region.join(timeout=3600)
+        hasher.join(timeout=600)
         failed = [r for r in regions if r.error is not None or r.writer is None]
         if failed:
             details = "; ".join(f"{r.store.region}: {r.error}" for r in failed)
@@ -127,6 +155,9 @@ def stream_to_stores(
             region.writer.commit()
         committed = True
     finally:
+        if hasher.is_alive():
+            with contextlib.suppress(queue.Full):
+                hasher.chunks.put(_DONE, timeout=60)
         if not committed:
             for region in regions:
                 if region.is_alive():
@@ -135,7 +166,7 @@ def stream_to_stores(
                 if region.writer is not None:
                     with contextlib.suppress(Exception):
                         region.writer.abort()
-    return StreamResult(size=size, sha256=digest.hexdigest(), uncompressed_size=raw_size)
+    return StreamResult(size=size, sha256=hasher.digest.hexdigest(), uncompressed_size=raw_size)
 
 
 @dataclass(frozen=True)

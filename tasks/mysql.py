@@ -270,7 +270,7 @@ class ConsistentDump:
             dump_command(self.binary, defaults, self.database),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            bufsize=0,
+            bufsize=1 << 20,  # full 1 MiB reads: raw pipe reads return 64 KiB at most
         )
 
     @staticmethod
