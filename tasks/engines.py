@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from tasks.errors import ConfigurationError
 from tasks.manifest import Engine
@@ -147,11 +147,17 @@ def check_engine_tools(engine: Engine, server_version: str) -> list[str]:
 # -- what each engine costs: RTO per engine from the drill history -----------------------------
 
 
-class _Record:  # the fields of tasks.drill.DrillRecord this module reads
-    engine: str | None
-    rto_seconds: float | None
-    passed: bool
-    rows: int | None
+class _Record(Protocol):
+    """The fields of tasks.drill.DrillRecord this module reads."""
+
+    @property
+    def engine(self) -> str | None: ...
+    @property
+    def rto_seconds(self) -> float | None: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def rows(self) -> int | None: ...
 
 
 @dataclass(frozen=True)

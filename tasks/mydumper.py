@@ -212,16 +212,16 @@ class MydumperBackup:
             folder = Path(tempfile.mkdtemp(prefix="vibeops-mydumper-"))
             self._stack.callback(shutil.rmtree, folder, ignore_errors=True)
             self.outdir = folder / "dump"
-            self._dump = self._stack.enter_context(
-                MydumperDump(
-                    self.conn,
-                    self.database,
-                    self.outdir,
-                    self.threads,
-                    self.rows_per_chunk,
-                    self.record_checksums,
-                )
+            dump = MydumperDump(
+                self.conn,
+                self.database,
+                self.outdir,
+                self.threads,
+                self.rows_per_chunk,
+                self.record_checksums,
             )
+            self._stack.enter_context(dump)
+            self._dump = dump
         except BaseException:
             self._stack.close()
             raise

@@ -198,7 +198,7 @@ class PhysicalBackup(ConsistentDump):
             self.tools, self.binary, defaults, datadir, workdir, self.database, self.threads
         )
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1 << 20
         )
         self._reader = threading.Thread(target=self._read_log, daemon=True, name="backup-log")
         self._reader.start()
@@ -572,9 +572,9 @@ def restore_physical(
                     load_s += time.perf_counter() - started
                 feed.close()
                 started = time.perf_counter()
-                for step in (unpack, process):
+                for name, step in (("decompression", unpack), ("extraction", process)):
                     if step is not None and step.wait(timeout=load_timeout_s) != 0:
-                        failures.append(f"{Path(str(step.args[0])).name} exit {step.returncode}")
+                        failures.append(f"{name} exit {step.returncode}")
                 load_s += time.perf_counter() - started
             except BrokenPipeError:
                 failures.append("the extraction stopped reading")
