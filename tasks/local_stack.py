@@ -86,6 +86,8 @@ class PrivateMariaDB:
     def start(self, timeout_seconds: float = 60) -> PrivateMariaDB:
         """Initialise the datadir if needed and start the server; returns self."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        # Its own tmpdir: a server deletes stray #sql* files in its tmpdir when it starts.
+        (self.base_dir / "tmp").mkdir(exist_ok=True)
         self.config_path.write_text(
             "[mariadbd]\n"
             f"datadir={self.datadir}\n"
@@ -93,6 +95,7 @@ class PrivateMariaDB:
             f"port={self.port}\n"
             "bind-address=127.0.0.1\n"
             f"pid-file={self.base_dir / 'mysqld.pid'}\n"
+            f"tmpdir={self.base_dir / 'tmp'}\n"
             f"log-error={self.base_dir / 'error.log'}\n"
             f"log-bin={self.base_dir / 'binlog'}\n"
             "server-id=1\n"

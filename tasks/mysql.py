@@ -30,6 +30,7 @@ from tasks.errors import (
     VibeOpsError,
 )
 
+_PRE_SNAPSHOT = re.compile(r"^\s*(/\*[!M]?\d+\s+)?(SET|START TRANSACTION)\b", re.IGNORECASE)
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 # MySQL client error codes mapped to what an operator must do about them.
 _UNREACHABLE_CODES = {2002, 2003, 2005, 2006, 2013, 1040, 1205}
@@ -299,8 +300,15 @@ class ConsistentDump:
                 assert self.process is not None
                 if self.process.poll() is not None:
                     return True  # it failed early; the caller reports its stderr
-                cur.execute("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx")
-                if {int(row[0]) for row in cur.fetchall()} - existing:
+                # A new connection running anything past its SET / START TRANSACTION
+                # preamble (mysqldump's next statements read tables) has its snapshot.
+                cur.execute(
+                    "SELECT ID, INFO FROM information_schema.processlist WHERE INFO IS NOT NULL"
+                )
+                if any(
+                    int(thread) not in existing and not _PRE_SNAPSHOT.match(str(info))
+                    for thread, info in cur.fetchall()
+                ):
                     return True
                 time.sleep(0.005)
             cur.execute(
