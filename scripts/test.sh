@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 uv run ruff check .
-exec uv run pytest "$@"
+exec uv run pytest -n 2 "$@"  # two workers: each starts its own servers

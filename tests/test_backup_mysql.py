@@ -245,14 +245,16 @@ def big_db(mysql_root: MySQLConnection):
 
 
 def _pids_of(binary_name: str) -> list[int]:
+    """Children of this test process running `binary_name` (other sessions may run it too)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            if argv and argv[0].endswith(binary_name.encode()):
+            if argv and argv[0].endswith(binary_name.encode()) and parent == os.getpid():
                 pids.append(int(entry.name))
     return pids
 
