@@ -53,3 +53,19 @@ class KubeCluster(Block):
     @classmethod
     def _template(cls, value: str) -> str:
         return check_url_template(value)
+
+
+def load_cluster(name: str | None) -> KubeCluster:
+    """The named KubeCluster block, or the default (in-cluster account / ~/.kube/config)."""
+    from tasks.errors import ConfigurationError
+
+    if not name:
+        return KubeCluster()
+    try:
+        return KubeCluster.load(name)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"cluster_block: no KubeCluster block named {name!r}; create one (blocks/kube.py), "
+            "set the alert's `cluster` label to an existing block name, or leave it empty for "
+            "the in-cluster account"
+        ) from exc

@@ -22,9 +22,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
-from blocks.kube import KubeCluster
+from blocks.kube import KubeCluster, load_cluster
 from tasks.errors import (
-    ConfigurationError,
     IncidentRunbookFailed,
     KubernetesApiError,
     RolloutTimeoutError,
@@ -121,24 +120,6 @@ class RecycleHungPodParams(IncidentTarget):
     @classmethod
     def _pod(cls, value: str) -> str:
         return validate_dns_subdomain(value, "pod")
-
-
-def load_cluster(name: str | None) -> KubeCluster:
-    """The named KubeCluster block, or the default (in-cluster account / ~/.kube/config).
-
-    (flows.staging_deploy has the same helper; importing that module would double the time
-    an alert-started run takes to start, so it is not imported here.)
-    """
-    if not name:
-        return KubeCluster()
-    try:
-        return KubeCluster.load(name)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"cluster_block: no KubeCluster block named {name!r}; create one (blocks/kube.py), "
-            "set the alert's `cluster` label to an existing block name, or leave it empty for "
-            "the in-cluster account"
-        ) from exc
 
 
 def _emit(name: str, target: IncidentTarget, resource_id: str, **payload: Any) -> None:

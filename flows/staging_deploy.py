@@ -33,7 +33,7 @@ from prefect.transactions import transaction
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_store
-from blocks.kube import KubeCluster
+from blocks.kube import KubeCluster, load_cluster
 from tasks.catalog import newest_committed_backup
 from tasks.deploy_lock import deploy_lock
 from tasks.deploy_rules import (
@@ -232,19 +232,6 @@ class RollbackParams(ClusterTarget):
 
 
 # ------------------------------------------------------------------ small tasks and helpers
-
-
-def load_cluster(name: str | None) -> KubeCluster:
-    """The named KubeCluster block, or the default (in-cluster / ~/.kube/config)."""
-    if not name:
-        return KubeCluster()
-    try:
-        return KubeCluster.load(name)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"cluster_block: no KubeCluster block named {name!r}; create one (blocks/kube.py) "
-            "or leave cluster_block empty to use the in-cluster account"
-        ) from exc
 
 
 @task(name="check-backup-gate", retries=2, retry_delay_seconds=2)

@@ -67,14 +67,19 @@ def retry_transient(task, task_run, state) -> bool:  # type: ignore[no-untyped-d
     return False
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="preflight-mysql-backup",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-)
+def io_task(name: str, retries: int, backoff: float):  # type: ignore[no-untyped-def]
+    """An idempotent I/O task: uncached, retried with jittered backoff on transient errors only."""
+    return task(
+        cache_policy=NO_CACHE,
+        name=name,
+        retries=retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=backoff),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient,
+    )
+
+
+@io_task("preflight-mysql-backup", retries=3, backoff=2)
 def preflight(
     conn: MySQLConnection,
     database: str,
@@ -152,14 +157,7 @@ class DumpOutput:
     physical: PhysicalDetails | None = None
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="stream-mysql-dump",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-)
+@io_task("stream-mysql-dump", retries=2, backoff=5)
 def stream_dump(
     conn: MySQLConnection,
     database: str,
@@ -325,13 +323,7 @@ def _stream_engine(
     )
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="verify-backup-copies",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_condition_fn=retry_transient,
-)
+@io_task("verify-backup-copies", retries=2, backoff=2)
 def verify_backup(
     stores: list[ObjectStore], key: str, written: StreamResult, codec: Codec
 ) -> list[RegionCheck]:
@@ -401,13 +393,7 @@ def build_manifest(
     )
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="commit-backup-manifest",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_condition_fn=retry_transient,
-)
+@io_task("commit-backup-manifest", retries=3, backoff=2)
 def commit_manifest(stores: list[ObjectStore], manifest: BackupManifest) -> None:
     """Write manifest.json last in every region: from now on the backup exists."""
     data = manifest.to_json()
