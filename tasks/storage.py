@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING
 from tasks.errors import DestinationMissing, StorageError
 
 if TYPE_CHECKING:
+    from google.api_core.retry import Retry
     from google.cloud.storage import Bucket
 
     from blocks.backup_store import GcsDestination, LocalFolderDestination
@@ -235,14 +236,10 @@ def gcs_client(destination: GcsDestination):  # type: ignore[no-untyped-def]
 
 
 class _GcsWriter(ObjectWriter):
-    def __init__(self, bucket: Bucket, key: str, chunk_size: int, retry_deadline: float) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
+    def __init__(self, bucket: Bucket, key: str, chunk_size: int, retry: Retry) -> None:
         blob = bucket.blob(key, chunk_size=chunk_size)
         # BlobWriter drives a resumable upload; the object exists only once it is closed.
-        self._writer = blob.open(
-            "wb", ignore_flush=True, retry=DEFAULT_RETRY.with_deadline(retry_deadline)
-        )
+        self._writer = blob.open("wb", ignore_flush=True, retry=retry)
         self._key = key
 
     def write(self, data: bytes) -> None:
@@ -268,6 +265,10 @@ class GcsStore(ObjectStore):
         self._client = gcs_client(destination)
         self._bucket = self._client.bucket(self.bucket_name)
         self.chunk_size = destination.chunk_size_mib * 1024 * 1024
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        # Every call gives up on transient errors after the destination's deadline.
+        self._retry = DEFAULT_RETRY.with_deadline(destination.retry_deadline_seconds)
 
     def _name(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -282,7 +283,7 @@ class GcsStore(ObjectStore):
         from google.api_core import exceptions as gexc
 
         try:
-            exists = self._bucket.exists(timeout=30)
+            exists = self._bucket.exists(timeout=30, retry=self._retry)
         except gexc.GoogleAPIError as exc:
             raise StorageError(f"region {self.region}: bucket {self.bucket_name}: {exc}") from exc
         if not exists:
@@ -292,16 +293,14 @@ class GcsStore(ObjectStore):
             )
 
     def open_writer(self, key: str) -> ObjectWriter:
-        return _GcsWriter(
-            self._bucket, self._name(key), self.chunk_size, self.destination.retry_deadline_seconds
-        )
+        return _GcsWriter(self._bucket, self._name(key), self.chunk_size, self._retry)
 
     def open_reader(self, key: str) -> IO[bytes]:
         from google.api_core import exceptions as gexc
 
         blob = self._bucket.blob(self._name(key), chunk_size=self.chunk_size)
         try:
-            return blob.open("rb", chunk_size=READ_CHUNK * 4)  # type: ignore[no-any-return]
+            return blob.open("rb", chunk_size=READ_CHUNK * 4, retry=self._retry)  # type: ignore[no-any-return]
         except gexc.NotFound as exc:
             raise StorageError(f"region {self.region}: object {self.uri(key)} not found") from exc
 
@@ -309,7 +308,9 @@ class GcsStore(ObjectStore):
         from google.api_core import exceptions as gexc
 
         try:
-            return self._bucket.blob(self._name(key)).download_as_bytes(timeout=60)  # type: ignore[no-any-return]
+            return self._bucket.blob(self._name(key)).download_as_bytes(
+                timeout=60, retry=self._retry
+            )  # type: ignore[no-any-return]
         except gexc.NotFound as exc:
             raise StorageError(f"region {self.region}: object {self.uri(key)} not found") from exc
 
@@ -317,7 +318,11 @@ class GcsStore(ObjectStore):
         from google.api_core import exceptions as gexc
 
         try:
-            blobs = list(self._client.list_blobs(self.bucket_name, prefix=self._name(prefix)))
+            blobs = list(
+                self._client.list_blobs(
+                    self.bucket_name, prefix=self._name(prefix), retry=self._retry
+                )
+            )
         except gexc.NotFound as exc:
             raise DestinationMissing(
                 f"region {self.region}: bucket gs://{self.bucket_name} does not exist"
@@ -339,16 +344,16 @@ class GcsStore(ObjectStore):
         from google.api_core import exceptions as gexc
 
         with contextlib.suppress(gexc.NotFound):
-            self._bucket.blob(self._name(key)).delete(timeout=60)
+            self._bucket.blob(self._name(key)).delete(timeout=60, retry=self._retry)
 
     def set_storage_class(self, key: str, storage_class: str) -> None:
         blob = self._bucket.blob(self._name(key))
-        blob.update_storage_class(storage_class)
+        blob.update_storage_class(storage_class, retry=self._retry)
         if (blob.storage_class or "").upper() != storage_class.upper():
             # Some GCS API servers (gcp-storage-emulator) keep the old class on rewrite but
             # accept it as a metadata patch; real GCS changes it in the rewrite above.
             blob.storage_class = storage_class
-            blob.patch(timeout=60)
+            blob.patch(timeout=60, retry=self._retry)
 
 
 def open_store(destination: LocalFolderDestination | GcsDestination) -> ObjectStore:

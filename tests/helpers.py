@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -72,3 +73,24 @@ def load_sql(conn: MySQLConnection, database: str, sql: bytes) -> None:
             capture_output=True,
             timeout=600,
         )
+
+
+def child_argvs(*binary_names: str) -> list[tuple[int, bytes]]:
+    """(pid, cmdline) of this process's children running one of `binary_names`.
+
+    Each cmdline is read once: a child that has exited (a zombie) reads as empty and is skipped.
+    """
+    found = []
+    wanted = tuple(name.encode() for name in binary_names)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        program = cmdline.split(b"\0", 1)[0]
+        if program and program.endswith(wanted) and parent == os.getpid():
+            found.append((int(entry.name), cmdline))
+    return found

@@ -49,8 +49,7 @@ from tasks.restore import (
 from tasks.sample_data import create_sample_database
 from tasks.storage import LocalFolderStore
 from tests.fixtures.mysql import run_sql
-from tests.helpers import artifacts_of, local_store, run_texts, save_block
-from tests.test_backup_mysql import _pids_of
+from tests.helpers import artifacts_of, child_argvs, local_store, run_texts, save_block
 
 pytestmark = pytest.mark.mysql
 
@@ -364,7 +363,9 @@ def test_backup_killed_mid_stream_leaves_no_manifest(
     def kill_tool() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            pids = _pids_of(TOOL_PROCESS[engine])
+            pids = [
+                pid for pid, argv in child_argvs(TOOL_PROCESS[engine]) if b"--version" not in argv
+            ]
             streaming = any(tmp_path.rglob("*.partial"))
             if pids and (streaming or engine == "mydumper"):  # mydumper dumps, then streams
                 for pid in pids:
@@ -505,10 +506,8 @@ def test_password_never_in_argv_logs_artifacts_or_events(
 
     def watch() -> None:
         while not stop.is_set():
-            for tool in ("mydumper", "myloader", "mariadb-backup", "mbstream", "mariadbd"):
-                for pid in _pids_of(tool):
-                    with contextlib.suppress(OSError):
-                        seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            tools = ("mydumper", "myloader", "mariadb-backup", "mbstream", "mariadbd")
+            seen.extend(argv for _, argv in child_argvs(*tools))
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch, daemon=True)

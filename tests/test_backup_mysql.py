@@ -32,7 +32,7 @@ from tasks.sample_data import create_sample_database
 from tasks.storage import LocalFolderStore, open_store
 from tests.fixtures.gcs import gcs_destination
 from tests.fixtures.mysql import run_sql
-from tests.helpers import load_sql, local_store, run_texts, save_block
+from tests.helpers import child_argvs, load_sql, local_store, run_texts, save_block
 
 pytestmark = pytest.mark.mysql
 
@@ -224,6 +224,29 @@ def test_missing_bucket_is_named_and_nothing_written(
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 
+@pytest.mark.timeout(120)
+def test_unreachable_gcs_fails_within_its_retry_deadline(
+    mysql_root: MySQLConnection, sample_db: str, tmp_path: Path
+) -> None:
+    # A GCS API server that is down: every call gives up after the destination's deadline
+    # (the client's own default would keep retrying for 120 s per call, per task attempt).
+    down = GcsEmulator()
+    with emulator_environment(down.endpoint):
+        store = BackupStore(
+            destinations=[
+                local_store(tmp_path).destinations[0],
+                gcs_destination("eu-west1", "unreachable", retry_deadline_seconds=1),
+            ]
+        )
+        state = backup_mysql(
+            _params(save_block(mysql_root), save_block(store), sample_db), return_state=True
+        )
+    exc = _state_exception(state)
+    assert isinstance(exc, StorageError), exc
+    assert "region eu-west1: bucket unreachable" in str(exc)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
 @pytest.fixture(scope="module")
 def big_db(mysql_root: MySQLConnection):
     """~40 MB of incompressible rows: long enough to interrupt mid-stream."""
@@ -244,21 +267,6 @@ def big_db(mysql_root: MySQLConnection):
     run_sql(mysql_root, f"DROP DATABASE {name}")
 
 
-def _pids_of(binary_name: str) -> list[int]:
-    """Children of this test process running `binary_name` (other sessions may run it too)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if argv and argv[0].endswith(binary_name.encode()) and parent == os.getpid():
-                pids.append(int(entry.name))
-    return pids
-
-
 def test_password_never_in_argv_logs_artifacts_or_events(
     mysql_root: MySQLConnection, mariadb_server, big_db: str, tmp_path: Path
 ) -> None:
@@ -275,9 +283,7 @@ def test_password_never_in_argv_logs_artifacts_or_events(
 
     def watch_ps() -> None:
         while not stop.is_set():
-            for pid in _pids_of("mariadb-dump") + _pids_of("mysqldump"):
-                with contextlib.suppress(OSError):
-                    seen.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            seen.extend(argv for _, argv in child_argvs("mariadb-dump", "mysqldump"))
             time.sleep(0.005)
 
     watcher = threading.Thread(target=watch_ps, daemon=True)
@@ -292,7 +298,12 @@ def test_password_never_in_argv_logs_artifacts_or_events(
     assert state.is_completed(), state
     assert seen, "the dump process was never observed"
     assert all(secret.encode() not in argv for argv in seen)
-    assert all(b"--defaults-extra-file=" in argv for argv in seen)
+    # `mariadb-dump --version` (the manifest's tool version) connects nowhere; every other call
+    # must read its credentials from a defaults file.
+    connecting = [argv for argv in seen if argv.split(b"\0")[1:2] != [b"--version"]]
+    assert connecting, "the connecting dump process was never observed"
+    without_defaults_file = [argv for argv in connecting if b"--defaults-extra-file=" not in argv]
+    assert not without_defaults_file, without_defaults_file
     assert secret not in run_texts(state.state_details.flow_run_id)
 
 
@@ -304,7 +315,9 @@ def test_dump_killed_mid_stream_leaves_no_backup(
     def kill_dump() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not killed:
-            for pid in _pids_of("mariadb-dump"):
+            for pid, argv in child_argvs("mariadb-dump"):
+                if b"--version" in argv:
+                    continue
                 time.sleep(0.2)
                 os.kill(pid, 9)
                 killed.append(pid)
@@ -345,11 +358,18 @@ def test_gcs_server_stopped_mid_upload_leaves_no_backup(
             )
             store_name = save_block(store)
 
-            def stop_soon() -> None:
-                time.sleep(0.8)
+            def stop_mid_upload() -> None:
+                # Stop GCS once the stream is under way (the local copy passed 4 MiB).
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    partials = list(tmp_path.rglob("*.partial"))
+                    with contextlib.suppress(OSError):
+                        if any(path.stat().st_size > 4 << 20 for path in partials):
+                            break
+                    time.sleep(0.01)
                 doomed.stop()
 
-            threading.Thread(target=stop_soon, daemon=True).start()
+            threading.Thread(target=stop_mid_upload, daemon=True).start()
             state = backup_mysql(
                 _params(save_block(mysql_root), store_name, big_db), return_state=True
             )

@@ -18,7 +18,16 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -513,30 +522,41 @@ def test_stale_backup_is_refused_then_accepted_with_override(
 def test_second_deploy_waits_or_is_refused_never_interleaves(
     rolling_app: KubeStandIn, serve_versions: Callable[..., None], cluster_block: str, backup_store
 ) -> None:
-    slow, third = "repo/web:2-slow", "repo/web:3"
+    held, third = "repo/web:2-held", "repo/web:3"
     assert rolling_app.controller is not None
-    rolling_app.controller.behave("slow", ready_after_seconds=3)
-    serve_versions(slow)
+    rolling_app.controller.behave("held", ready=False)  # the first deploy holds the slot
+    serve_versions(held)
     serve_versions(third)
     store = backup_store(timedelta(minutes=5))
     results: dict[str, Any] = {}
 
-    def first() -> None:
-        results["first"] = deploy_staging(params(cluster_block, store, image=slow))
+    def deploy_in_background(name: str, image: str) -> threading.Thread:
+        def run() -> None:
+            results[name] = deploy_staging(
+                params(cluster_block, store, image=image, rollout_timeout=timedelta(minutes=3))
+            )
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    wait_until(lambda: image_of(rolling_app, "web") == slow, 60, "the first deploy to patch")
+        thread = threading.Thread(target=run, name=name)
+        thread.start()
+        return thread
+
+    first = deploy_in_background("first", held)
+    wait_until(lambda: image_of(rolling_app, "web") == held, 60, "the first deploy to patch")
     refused = deploy_staging(
         params(cluster_block, store, image=third, lock_wait=timedelta(seconds=1)),
         return_state=True,
     )
     assert refused.is_failed()
     assert "DeployLockTimeout" in repr(refused.result(raise_on_failure=False))
-    assert image_of(rolling_app, "web") == slow  # the refused run changed nothing
-    waited = deploy_staging(params(cluster_block, store, image=third))
-    thread.join(60)
-    first_report = results["first"]
+    assert image_of(rolling_app, "web") == held  # the refused run changed nothing
+
+    second = deploy_in_background("second", third)
+    wait_until(lambda: running_deploys() == 2, 60, "the second deploy to start and wait")
+    released_at = datetime.now(UTC)
+    rolling_app.controller.behave("held", ready=True)
+    first.join(120)
+    second.join(120)
+    first_report, waited = results["first"], results["second"]
     assert first_report.outcome == "promoted" and waited.outcome == "promoted"
     assert image_of(rolling_app, "web") == third
     # never interleaved: the waiting run got the slot only after the first one's last step
@@ -544,8 +564,18 @@ def test_second_deploy_waits_or_is_refused_never_interleaves(
     first_last = first_report.started_at + timedelta(seconds=first_report.timeline[-2].seconds)
     lock = next(e for e in waited.timeline if e.step == "lock")
     second_lock = waited.started_at + timedelta(seconds=lock.seconds)
-    assert second_lock >= first_last
-    assert float(next(e for e in waited.timeline if e.step == "lock").detail.split()[-2]) > 0.5
+    assert waited.started_at < released_at <= first_last <= second_lock
+
+
+def running_deploys() -> int:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["deploy-staging"])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+    return len(runs)
 
 
 @pytest.mark.kube
