@@ -1,7 +1,9 @@
 """Prefect blocks: connections, the backup store and policies.
 
 Register them with `prefect block register -m blocks`. Classes load on first use, so a flow
-that needs only the Kubernetes block does not import prefect-gcp (and pandas) at start.
+that needs only the Kubernetes block does not import prefect-gcp (and pandas) at start, and an
+alert runbook's flow module imports prefect-kubernetes (about 3 s) only when its run loads the
+cluster (`blocks.load_cluster`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ _MODULES = {
     "LocalFolderDestination": "blocks.backup_store",
     "EmulatorGcpCredentials": "blocks.gcs_emulator",
     "KubeCluster": "blocks.kube",
+    "load_cluster": "blocks.kube",
+    "resolve_store": "blocks.defaults",
     "MySQLConnection": "blocks.mysql",
     "RetentionPolicy": "blocks.retention",
     "TenantSettings": "blocks.tenants",
@@ -30,12 +34,15 @@ __all__ = [
     "RetentionPolicy",
     "TenantSettings",
     "TenantTiers",
+    "load_cluster",
+    "resolve_store",
 ]
 
 if TYPE_CHECKING:
     from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
+    from blocks.defaults import resolve_store
     from blocks.gcs_emulator import EmulatorGcpCredentials
-    from blocks.kube import KubeCluster
+    from blocks.kube import KubeCluster, load_cluster
     from blocks.mysql import MySQLConnection
     from blocks.retention import RetentionPolicy
     from blocks.tenants import TenantSettings, TenantTiers

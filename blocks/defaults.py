@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prefect.blocks.core import Block
 from pydantic import SecretStr
 
 from blocks.backup_store import BackupStore, LocalFolderDestination
@@ -47,9 +48,9 @@ def local_backup_store() -> BackupStore:
     )
 
 
-def _load(block_type: type, name: str, field: str):  # type: ignore[no-untyped-def]
+def _load(block_type: type[Block], name: str, field: str) -> Block:
     try:
-        return block_type.load(name)
+        return block_type.load(name)  # type: ignore[return-value]  # sync context: a Block
     except ValueError as exc:
         raise ConfigurationError(
             f"{field}: no {block_type.__name__} block named {name!r}; create it with "
@@ -62,11 +63,11 @@ def resolve_mysql(block_name: str | None, database: str = "vibebench") -> MySQLC
     """The named MySQLConnection block, or the embedded default when the name is empty."""
     if not block_name:
         return local_mysql_connection(database)
-    return _load(MySQLConnection, block_name, "connection_block")  # type: ignore[no-any-return]
+    return _load(MySQLConnection, block_name, "connection_block")  # type: ignore[return-value]
 
 
 def resolve_store(block_name: str | None) -> BackupStore:
     """The named BackupStore block, or the embedded local store when the name is empty."""
     if not block_name:
         return local_backup_store()
-    return _load(BackupStore, block_name, "store_block")  # type: ignore[no-any-return]
+    return _load(BackupStore, block_name, "store_block")  # type: ignore[return-value]

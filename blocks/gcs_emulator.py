@@ -28,7 +28,7 @@ class EmulatorGcpCredentials(GcpCredentials):
     _description = "Anonymous access to a local GCS API server (tests and laptops only)."
 
     def block_initialization(self) -> None:
-        if self.project is None:
+        if self.project is None:  # type: ignore[has-type]  # (prefect-gcp's field)
             self.project = "vibeops-local"
 
     def get_credentials_from_service_account(self) -> Any:

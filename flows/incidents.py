@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
-from blocks.kube import KubeCluster, load_cluster
+import blocks
 from tasks.errors import (
     IncidentRunbookFailed,
     KubernetesApiError,
@@ -48,6 +48,9 @@ from tasks.kube import (
     rollout_restart,
     wait_for_rollout,
 )
+
+if TYPE_CHECKING:
+    from blocks.kube import KubeCluster
 
 
 class IncidentTarget(BaseModel):
@@ -161,7 +164,7 @@ def restart_deployment(params: RestartDeploymentParams) -> IncidentReport:
     Raises:
         IncidentRunbookFailed: the Deployment is missing or did not become ready in time.
     """
-    cluster = load_cluster(params.cluster_block)
+    cluster = blocks.load_cluster(params.cluster_block)
     ns, name = params.namespace, params.deployment
     resource_id = f"vibeops.kube.deployment.{ns}.{name}"
     report = IncidentReport(
@@ -253,7 +256,7 @@ def recycle_hung_pod(params: RecycleHungPodParams) -> IncidentReport:
             ready within `max_attempts` delete-and-wait cycles.
     """
     logger = get_run_logger()
-    cluster = load_cluster(params.cluster_block)
+    cluster = blocks.load_cluster(params.cluster_block)
     ns, pod = params.namespace, params.pod
     resource_id = f"vibeops.kube.pod.{ns}.{pod}"
     key = f"recycle-hung-pod-{ns}-{pod}"[:100]

@@ -52,6 +52,7 @@ from tasks.errors import (
     VibeOpsError,
 )
 from tasks.manifest import BackupManifest, validate_source_name
+from tasks.physical import find_leftover_servers, remove_leftover_server, scratch_servers_root
 from tasks.restore import (
     BackupSearch,
     RestoreStats,
@@ -583,7 +584,9 @@ class CleanupDrillsParams(BaseModel):
     )
     stale_after: timedelta = Field(
         default=timedelta(hours=12),
-        description="Drop unkept drill databases older than this (left by crashed drills).",
+        ge=timedelta(hours=9),
+        description="Drop unkept drill databases, and this worker's throwaway-server folders, "
+        "older than this (left by crashed drills; a drill runs at most 8 h).",
     )
     force_drop: list[str] = Field(
         default_factory=list, description="Drill databases to drop now, even inside a keep window."
@@ -594,32 +597,42 @@ class CleanupDrillsParams(BaseModel):
 @flow(
     name="cleanup-drills",
     flow_run_name="cleanup-drills",
-    description="Drop scratch databases of restore drills whose keep window is over.",
+    description="Drop scratch databases of restore drills whose keep window is over, and "
+    "throwaway servers that crashed physical drills left on this worker.",
     timeout_seconds=3600,
 )
 def cleanup_drills(params: CleanupDrillsParams | None = None) -> list[CleanupItem]:
     """Drop expired or abandoned drill databases (never one without a drill marker)."""
     params = params or CleanupDrillsParams()
     server = resolve_mysql(params.drill_server_block)
+    now = datetime.now(UTC)
     with tags(f"db:{server.host}:{server.port}", "restore-drill"):
         existing = list_drill_databases(server)
-        plan = plan_cleanup(existing, datetime.now(UTC), params.stale_after, params.force_drop)
+        plan = plan_cleanup(existing, now, params.stale_after, params.force_drop)
+        leftovers = find_leftover_servers(scratch_servers_root(), now, params.stale_after)
+        plan += [
+            CleanupItem(str(s.workdir), True, s.describe(), what="server folder") for s in leftovers
+        ]
         dropped = []
         if not params.dry_run:
             for item in plan:
-                if item.drop and teardown_scratch(server, item.database, owned=False):
+                database = item.drop and item.what == "database"
+                if database and teardown_scratch(server, item.database, owned=False):
                     dropped.append(item.database)
+            for leftover in leftovers:
+                remove_leftover_server(leftover)
+                dropped.append(str(leftover.workdir))
     mode = "dry run: nothing dropped" if params.dry_run else f"dropped {len(dropped)}"
     lines = [
         f"# Drill cleanup on {server.host}:{server.port} ({mode})",
         "",
-        "| database | action | reason |",
-        "|---|---|---|",
+        "| what | name | action | reason |",
+        "|---|---|---|---|",
     ]
     lines += [
-        f"| {i.database} | {'drop' if i.drop else 'keep'}{' (dry run)' if i.drop and params.dry_run else ''} | {i.reason} |"
+        f"| {i.what} | {i.database} | {'drop' if i.drop else 'keep'}{' (dry run)' if i.drop and params.dry_run else ''} | {i.reason} |"
         for i in plan
-    ] or ["| - | - | no drill databases |"]
+    ] or ["| - | - | - | no drill databases or server folders |"]
     create_markdown_artifact(key="cleanup-drills", markdown="\n".join(lines), description=mode)
     emit_event(
         event="vibeops.drill.cleanup",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
@@ -32,8 +32,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field, field_validator
 
-from blocks.defaults import resolve_store
-from blocks.kube import KubeCluster, load_cluster
+import blocks
 from tasks.catalog import newest_committed_backup
 from tasks.deploy_lock import deploy_lock
 from tasks.deploy_rules import (
@@ -75,6 +74,9 @@ from tasks.kube import (
     wait_for_rollout,
 )
 from tasks.smoke import require_passing, run_smoke_checks
+
+if TYPE_CHECKING:
+    from blocks.kube import KubeCluster
 from tasks.storage import open_store
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -237,7 +239,7 @@ class RollbackParams(ClusterTarget):
 @task(name="check-backup-gate", retries=2, retry_delay_seconds=2)
 def check_backup_gate(gate: BackupGate, now: datetime) -> GateDecision:
     """Find the newest committed backup of the app's database and judge its age."""
-    store = resolve_store(gate.store_block)
+    store = blocks.resolve_store(gate.store_block)
     newest = newest_committed_backup(
         [open_store(d) for d in store.destinations], gate.source, gate.kind
     )
@@ -345,7 +347,7 @@ def deploy_staging(params: DeployStagingParams) -> DeployReport:
         DeployRolledBack: the new version failed; the previous one serves again.
         RollbackFailed: restoring failed too (staging needs a human).
     """
-    cluster = load_cluster(params.cluster_block)
+    cluster = blocks.load_cluster(params.cluster_block)
     report = DeployReport(
         "deploy-staging", params.namespace, params.app, params.strategy, params.image
     )
@@ -596,7 +598,7 @@ def scale_down_idle_colour(params: ScaleDownParams) -> DeployReport:
     Refuses (reports, changes nothing) when the colour is live again (a rollback happened)
     or the promotion that idled it is still inside its keep window (unless `force`).
     """
-    cluster = load_cluster(params.cluster_block)
+    cluster = blocks.load_cluster(params.cluster_block)
     report = DeployReport("scale-down-idle-colour", params.namespace, params.app, "blue-green", "-")
     run = _Run(report, cluster, params)
     name = f"{params.app}-{params.colour}"
@@ -639,7 +641,7 @@ def rollback_deploy(params: RollbackParams) -> DeployReport:
     Raises:
         RollbackFailed: the previous version did not serve after the rollback.
     """
-    cluster = load_cluster(params.cluster_block)
+    cluster = blocks.load_cluster(params.cluster_block)
     ns, app = params.namespace, params.app
     service = read_service(cluster, ns, app)
     record = PromotionRecord.from_annotations((service.get("metadata") or {}).get("annotations"))

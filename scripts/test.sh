@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 uv run ruff check .
+uv run mypy  # files and settings in pyproject.toml
 exec uv run pytest -n 2 "$@"  # two workers: each starts its own servers

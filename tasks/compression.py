@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import IO, Protocol
+from typing import Protocol
 
 import zstandard
 
 from tasks.manifest import Codec
 
 EXTENSIONS: dict[str, str] = {"zstd": ".zst", "gzip": ".gz"}
+
+
+class ByteSource(Protocol):
+    """Anything with a binary read(size), e.g. an open file or a hashing wrapper."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class Compressor(Protocol):
@@ -85,7 +91,7 @@ def decompress_stream(codec: Codec, chunks: Iterable[bytes]) -> Iterator[bytes]:
         raise TruncatedStream(f"{codec} stream is truncated (ends inside a frame)")
 
 
-def decompressed_size(codec: Codec, source: IO[bytes], chunk_size: int = 1 << 20) -> int:
+def decompressed_size(codec: Codec, source: ByteSource, chunk_size: int = 1 << 20) -> int:
     """Decompress `source` to nowhere with bounded memory; returns the decompressed size.
 
     Raises on corrupt input. A zstd stream cut inside a frame just ends early, so callers
@@ -94,7 +100,9 @@ def decompressed_size(codec: Codec, source: IO[bytes], chunk_size: int = 1 << 20
     total = 0
     if codec == "zstd":
         reader = zstandard.ZstdDecompressor().stream_reader(
-            source, read_size=chunk_size, read_across_frames=True
+            source,  # type: ignore[arg-type]  # any object with read() works
+            read_size=chunk_size,
+            read_across_frames=True,
         )
         while chunk := reader.read(chunk_size):
             total += len(chunk)

@@ -187,11 +187,12 @@ def check_scratch_target(
 
 @dataclass(frozen=True)
 class CleanupItem:
-    """One scratch database a cleanup looked at."""
+    """One scratch database (or throwaway-server folder) a cleanup looked at."""
 
     database: str
     drop: bool
     reason: str
+    what: str = "database"
 
 
 def plan_cleanup(

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pymysql.cursors
@@ -70,6 +71,14 @@ def translate_error(
             "block and that the server is up"
         )
     return VibeOpsError(f"MySQL error on {where}: {exc}")
+
+
+def one_row(cursor: pymysql.cursors.Cursor) -> tuple[Any, ...]:
+    """The row a single-row query (COUNT, VERSION(), CHECKSUM TABLE ...) returned."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("the server returned no row for a single-row query")
+    return tuple(row)
 
 
 @contextlib.contextmanager
@@ -135,7 +144,7 @@ def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:
     quote_identifier(database)
     with connect(conn, database) as connection, connection.cursor() as cur:
         cur.execute("SELECT VERSION()")
-        version = str(cur.fetchone()[0])
+        version = str(one_row(cur)[0])
         cur.execute(
             "SELECT table_name, table_type, COALESCE(data_length, 0) FROM information_schema.tables"
             " WHERE table_schema = %s ORDER BY table_name",
@@ -284,7 +293,7 @@ class ConsistentDump:
                 facts.binlog_position = int(status.get("Binlog_snapshot_position", 0))
         with contextlib.suppress(pymysql.err.MySQLError):
             cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-            facts.gtid = str(cur.fetchone()[0] or "") or None
+            facts.gtid = str(one_row(cur)[0] or "") or None
 
     def _wait_for_dump_snapshot(
         self, lock: pymysql.connections.Connection, existing: set[int]
@@ -326,10 +335,10 @@ class ConsistentDump:
             for table in tables:
                 quoted = quote_identifier(table)
                 cur.execute(f"SELECT COUNT(*) FROM {quoted}")
-                self.facts.rows[table] = int(cur.fetchone()[0])
+                self.facts.rows[table] = int(one_row(cur)[0])
                 if self.record_checksums:
                     cur.execute(f"CHECKSUM TABLE {quoted}")
-                    value = cur.fetchone()[1]
+                    value = one_row(cur)[1]
                     self.facts.checksums[table] = int(value) if value is not None else None
             cur.execute("COMMIT")
         return self.facts
@@ -350,7 +359,7 @@ def table_checksums(
     with connect(conn, database) as connection, connection.cursor() as cur:
         for table in tables:
             cur.execute(f"CHECKSUM TABLE {quote_identifier(table)}")
-            value = cur.fetchone()[1]
+            value = one_row(cur)[1]
             result[table] = int(value) if value is not None else None
     return result
 
@@ -361,5 +370,5 @@ def table_row_counts(conn: MySQLConnection, database: str, tables: list[str]) ->
     with connect(conn, database) as connection, connection.cursor() as cur:
         for table in tables:
             cur.execute(f"SELECT COUNT(*) FROM {quote_identifier(table)}")
-            result[table] = int(cur.fetchone()[0])
+            result[table] = int(one_row(cur)[0])
     return result

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -49,7 +49,14 @@ from tasks.errors import (
 )
 from tasks.local_stack import free_port, port_open
 from tasks.manifest import BackupManifest, PhysicalDetails
-from tasks.mysql import ConsistentDump, SnapshotFacts, connect, defaults_file, quote_identifier
+from tasks.mysql import (
+    ConsistentDump,
+    SnapshotFacts,
+    connect,
+    defaults_file,
+    one_row,
+    quote_identifier,
+)
 from tasks.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -144,7 +151,7 @@ def source_datadir(conn: MySQLConnection, database: str) -> Path:
     """The server's datadir, if this worker can read it; ConfigurationError otherwise."""
     with connect(conn) as connection, connection.cursor() as cur:
         cur.execute("SELECT @@datadir")
-        datadir = Path(str(cur.fetchone()[0]))  # type: ignore[index]
+        datadir = Path(str(one_row(cur)[0]))
     if not (datadir / database).is_dir() or not os.access(datadir / database, os.R_OK | os.X_OK):
         raise ConfigurationError(
             f"engine 'physical' copies the data files, but {datadir}/{database} of the server at "
@@ -466,6 +473,74 @@ def create_scratch_server(
     )
 
 
+@dataclass(frozen=True)
+class LeftoverServer:
+    """A throwaway-server folder no drill removed (its worker died mid-drill)."""
+
+    workdir: Path
+    age: timedelta
+    pid: int | None  # the server still running from this folder, if any
+
+    def describe(self) -> str:
+        running = f"server pid {self.pid} still running" if self.pid else "no server running"
+        return f"{self.age.total_seconds() / 3600:.1f} h old, {running}"
+
+
+def _server_pid(workdir: Path) -> int | None:
+    """The live server started with this folder's my.cnf (never an unrelated process)."""
+    try:
+        pid = int((workdir / "mysqld.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    ours = f"--defaults-file={workdir / 'my.cnf'}".encode() in cmdline
+    return pid if ours and state != "Z" else None
+
+
+def find_leftover_servers(
+    root: Path, now: datetime, stale_after: timedelta
+) -> list[LeftoverServer]:
+    """Server folders under `root` untouched for `stale_after` (drills always remove theirs)."""
+    found = []
+    for workdir in sorted(root.iterdir()) if root.is_dir() else []:
+        if not workdir.is_dir() or not (workdir / "my.cnf").exists():
+            continue  # not a drill server folder
+        age = now - datetime.fromtimestamp(workdir.stat().st_mtime, UTC)
+        if age >= stale_after:
+            found.append(LeftoverServer(workdir, age, _server_pid(workdir)))
+    return found
+
+
+def _socket_dir(workdir: Path) -> Path | None:
+    with contextlib.suppress(OSError):
+        for line in (workdir / "my.cnf").read_text().splitlines():
+            if line.startswith("socket="):
+                folder = Path(line.partition("=")[2]).parent
+                return folder if folder.name.startswith("vibeops-sock-") else None
+    return None
+
+
+def remove_leftover_server(leftover: LeftoverServer, timeout_s: float = 20) -> None:
+    """Stop its server (SIGTERM, then SIGKILL after `timeout_s`) and delete its folders."""
+    pid = _server_pid(leftover.workdir)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _server_pid(leftover.workdir) == pid and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _server_pid(leftover.workdir) == pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    socket_dir = _socket_dir(leftover.workdir)
+    shutil.rmtree(leftover.workdir, ignore_errors=True)
+    if socket_dir is not None:
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    if leftover.workdir.exists():
+        raise RestoreLoadError(f"could not delete the leftover server folder {leftover.workdir}")
+
+
 def _innodb_layout(datadir: Path) -> dict[str, str]:
     """The InnoDB layout settings recorded in the backup's backup-my.cnf."""
     result: dict[str, str] = {}
@@ -615,7 +690,7 @@ def check_scratch_server(scratch: ScratchServer, drill_server: MySQLConnection) 
         connection.cursor() as cur,
     ):
         cur.execute("SELECT @@datadir")
-        theirs = Path(str(cur.fetchone()[0])).resolve()  # type: ignore[index]
+        theirs = Path(str(one_row(cur)[0])).resolve()
     ours = scratch.datadir.resolve()
     if (
         local

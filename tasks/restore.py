@@ -61,7 +61,7 @@ from tasks.errors import (
 )
 from tasks.manifest import BackupManifest, Engine, StoredObject
 from tasks.mydumper import restore_mydumper
-from tasks.mysql import connect, defaults_file, find_tool, quote_identifier
+from tasks.mysql import connect, defaults_file, find_tool, one_row, quote_identifier
 from tasks.physical import (
     ScratchServer,
     check_scratch_server,
@@ -134,7 +134,7 @@ def read_drill_markers(
                 " WHERE table_schema = %s AND table_name = %s",
                 (name, MARKER_TABLE),
             )
-            if not int(cur.fetchone()[0]):  # type: ignore[index]
+            if not int(one_row(cur)[0]):
                 result[name] = None
                 continue
             cur.execute(

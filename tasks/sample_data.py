@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from blocks.mysql import MySQLConnection
-from tasks.mysql import connect, quote_identifier
+from tasks.mysql import connect, one_row, quote_identifier
 
 AI_MODELS = ["gpt-5", "claude-4", "gemini-3", "llama-4", "mistral-l", "qwen-3"]
 
@@ -72,7 +72,7 @@ def seed_reference_rows(conn: MySQLConnection, database: str) -> None:
     """Models with binary logos and audit rows with emoji and NULL-heavy edge cases."""
     with connect(conn, database) as connection, connection.cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM ai_models")
-        if cur.fetchone()[0]:
+        if one_row(cur)[0]:
             return
         cur.executemany(
             "INSERT INTO ai_models (name, vendor, logo) VALUES (%s, %s, %s)",
@@ -124,7 +124,7 @@ def seed_experiments(
     rng = random.Random(42)  # noqa: S311 (sample data, not crypto)
     with connect(conn, database, autocommit=False) as connection, connection.cursor() as cur:
         cur.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM experiments")
-        existing, max_id = cur.fetchone()
+        existing, max_id = one_row(cur)
         missing = rows - int(existing)
         done = 0
         while done < missing:

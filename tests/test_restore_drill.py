@@ -3,8 +3,11 @@ the GCS API server, a real Prefect API. Each case states the expected verdict an
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +31,7 @@ from flows.restore_drill import (
 from tasks.drill import read_history, scratch_database_name
 from tasks.errors import DrillFailed, RestoreTargetRefused
 from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, parse_manifest
+from tasks.physical import ScratchServer, create_scratch_server
 from tasks.restore import read_drill_markers
 from tasks.sample_data import create_sample_database
 from tasks.storage import LocalFolderStore, open_store
@@ -463,3 +467,57 @@ def test_least_privilege_drill_user_and_password_never_in_argv_or_outputs(
     assert any(b"mariadb" in argv or b"mysql" in argv for argv in seen), "no load client seen"
     assert all(secret.encode() not in argv for argv in seen)
     assert secret not in run_texts(state.state_details.flow_run_id)
+
+
+def _crashed_drill_server(
+    name: str, age: timedelta
+) -> tuple[ScratchServer, subprocess.Popen[bytes]]:
+    """A throwaway-server folder as a crashed drill leaves it, its process still running."""
+    scratch = create_scratch_server(name, protected_ports=[])
+    scratch._write_files()
+    # A process started exactly as the drill starts mariadbd (same --defaults-file argument).
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(600)",
+            f"--defaults-file={scratch.config_path}",
+        ],
+        start_new_session=True,
+    )
+    (scratch.workdir / "mysqld.pid").write_text(f"{process.pid}\n")
+    then = time.time() - age.total_seconds()
+    os.utime(scratch.workdir, (then, then))
+    return scratch, process
+
+
+def test_cleanup_drills_removes_servers_that_crashed_physical_drills_left(
+    server_block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIBEOPS_HOME", str(tmp_path / "home"))
+    crashed, server = _crashed_drill_server("drill_crashed", timedelta(hours=13))
+    running, live = _crashed_drill_server("drill_running", timedelta(minutes=5))
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    reused, gone = _crashed_drill_server("drill_reused_pid", timedelta(days=2))
+    gone.kill()
+    gone.wait()
+    (reused.workdir / "mysqld.pid").write_text(f"{bystander.pid}\n")  # now someone else's pid
+    try:
+        plan = cleanup_drills(CleanupDrillsParams(drill_server_block=server_block))
+        folders = {i.database: i for i in plan if i.what == "server folder"}
+        assert set(folders) == {str(crashed.workdir), str(reused.workdir)}
+        assert "still running" in folders[str(crashed.workdir)].reason
+        assert "no server running" in folders[str(reused.workdir)].reason
+        assert crashed.workdir.exists() and server.poll() is None, "a dry run touches nothing"
+
+        cleanup_drills(CleanupDrillsParams(drill_server_block=server_block, dry_run=False))
+        assert server.wait(timeout=30) is not None
+        assert not crashed.workdir.exists() and not reused.workdir.exists()
+        assert crashed.socket_dir is not None and not crashed.socket_dir.exists()
+        assert running.workdir.exists() and live.poll() is None, "a young folder is kept"
+        assert bystander.poll() is None, "a reused pid is never signalled"
+    finally:
+        for process in (server, live, bystander):
+            process.kill()
+            process.wait()
+        running.remove()
