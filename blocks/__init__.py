@@ -34,15 +34,14 @@ __all__ = [
     "RetentionPolicy",
     "TenantSettings",
     "TenantTiers",
-    "load_cluster",
-    "resolve_store",
-]
+]  # block classes only: `prefect block register -m blocks` and `vibeops setup-blocks` walk it
 
 if TYPE_CHECKING:
     from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
-    from blocks.defaults import resolve_store
+    from blocks.defaults import resolve_store as resolve_store
     from blocks.gcs_emulator import EmulatorGcpCredentials
-    from blocks.kube import KubeCluster, load_cluster
+    from blocks.kube import KubeCluster
+    from blocks.kube import load_cluster as load_cluster
     from blocks.mysql import MySQLConnection
     from blocks.retention import RetentionPolicy
     from blocks.tenants import TenantSettings, TenantTiers
