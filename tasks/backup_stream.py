@@ -183,28 +183,39 @@ class RegionCheck:
 
 
 class _HashingReader:
-    """A file-like that hashes and counts what is read through it."""
+    """A file-like that counts what is read through it and hashes it on a second core."""
 
     def __init__(self, inner: IO[bytes]) -> None:
         self.inner = inner
-        self.digest = hashlib.sha256()
         self.size = 0
+        self._hasher = _Hasher()
+        self._hasher.start()
 
     def read(self, size: int = -1) -> bytes:
         data = self.inner.read(size)
-        self.digest.update(data)
+        if data:
+            self._hasher.chunks.put(data, timeout=600)
         self.size += len(data)
         return data
+
+    def hexdigest(self) -> str:
+        """The sha256 of everything read; ends the hasher thread."""
+        self._hasher.chunks.put(_DONE, timeout=600)
+        self._hasher.join(timeout=600)
+        return self._hasher.digest.hexdigest()
 
 
 def _read_back(store: ObjectStore, key: str, codec: Codec | None) -> tuple[int, str, int | None]:
     """(size, sha256, decompressed size or None) of one stored copy, in bounded memory."""
     with store.open_reader(key) as raw:
         reader = _HashingReader(raw)
-        decompressed = decompressed_size(codec, reader) if codec else None
-        while reader.read(READ_SIZE):
-            pass
-    return reader.size, reader.digest.hexdigest(), decompressed
+        try:
+            decompressed = decompressed_size(codec, reader) if codec else None
+            while reader.read(READ_SIZE):
+                pass
+        finally:
+            digest = reader.hexdigest()
+    return reader.size, digest, decompressed
 
 
 def verify_copies(
