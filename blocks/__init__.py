@@ -19,6 +19,7 @@ _MODULES = {
     "KubeCluster": "blocks.kube",
     "load_cluster": "blocks.kube",
     "resolve_store": "blocks.defaults",
+    "MongoConnection": "blocks.mongo",
     "MySQLConnection": "blocks.mysql",
     "RetentionPolicy": "blocks.retention",
     "TenantSettings": "blocks.tenants",
@@ -30,6 +31,7 @@ __all__ = [
     "GcsDestination",
     "KubeCluster",
     "LocalFolderDestination",
+    "MongoConnection",
     "MySQLConnection",
     "RetentionPolicy",
     "TenantSettings",
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from blocks.gcs_emulator import EmulatorGcpCredentials
     from blocks.kube import KubeCluster
     from blocks.kube import load_cluster as load_cluster
+    from blocks.mongo import MongoConnection
     from blocks.mysql import MySQLConnection
     from blocks.retention import RetentionPolicy
     from blocks.tenants import TenantSettings, TenantTiers

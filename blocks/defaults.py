@@ -15,6 +15,7 @@ from prefect.blocks.core import Block
 from pydantic import SecretStr
 
 from blocks.backup_store import BackupStore, LocalFolderDestination
+from blocks.mongo import MongoConnection
 from blocks.mysql import MySQLConnection
 from tasks.errors import ConfigurationError
 
@@ -64,6 +65,27 @@ def resolve_mysql(block_name: str | None, database: str = "vibebench") -> MySQLC
     if not block_name:
         return local_mysql_connection(database)
     return _load(MySQLConnection, block_name, "connection_block")  # type: ignore[return-value]
+
+
+def local_mongo_connection(database: str = "vibebench") -> MongoConnection:
+    """The embedded default MongoDB: 127.0.0.1:27017, or VIBEOPS_MONGO_HOST / _PORT / _USER
+    (the password from VIBEOPS_MONGO_PASSWORD: never a parameter)."""
+    return MongoConnection(
+        host=os.environ.get("VIBEOPS_MONGO_HOST", "127.0.0.1"),
+        port=int(os.environ.get("VIBEOPS_MONGO_PORT", "27017")),
+        username=os.environ.get("VIBEOPS_MONGO_USER", ""),
+        password=SecretStr(os.environ.get("VIBEOPS_MONGO_PASSWORD", "")),
+        database=database,
+    )
+
+
+def resolve_mongo(
+    block_name: str | None, database: str = "vibebench", field: str = "connection_block"
+) -> MongoConnection:
+    """The named MongoConnection block, or the embedded default when the name is empty."""
+    if not block_name:
+        return local_mongo_connection(database)
+    return _load(MongoConnection, block_name, field)  # type: ignore[return-value]
 
 
 def resolve_store(block_name: str | None) -> BackupStore:

@@ -20,7 +20,7 @@ SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 Codec = Literal["zstd", "gzip"]
-Engine = Literal["mysqldump", "mydumper", "physical"]
+Engine = Literal["mysqldump", "mydumper", "physical", "mongo-archive"]
 
 
 class StoredObject(BaseModel):
@@ -38,6 +38,10 @@ class TableFacts(BaseModel):
     rows: int = Field(ge=0)
     checksum: int | None = Field(default=None, description="CHECKSUM TABLE value, if taken.")
     engine: str | None = None
+    sha256: str | None = Field(
+        default=None,
+        description="MongoDB: sha256 over the raw BSON of the collection's documents in _id order.",
+    )
 
 
 class RegionCopy(BaseModel):

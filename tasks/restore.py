@@ -899,7 +899,11 @@ class BackupSearch:
     retry_condition_fn=retry_transient,
 )
 def find_backup(
-    stores: dict[str, ObjectStore], order: list[str], source: str, selector: str
+    stores: dict[str, ObjectStore],
+    order: list[str],
+    source: str,
+    selector: str,
+    kind: str = "mysql",
 ) -> BackupSearch:
     """Read every region's catalog; pick the backup (`latest`, an id or a day).
 
@@ -911,7 +915,7 @@ def find_backup(
     unreachable: dict[str, str] = {}
     for region in order:
         try:
-            entries = scan_backups(stores[region], source)
+            entries = scan_backups(stores[region], source, kind)
         except Exception as exc:
             unreachable[region] = f"{type(exc).__name__}: {exc}"[:400]
             logger.warning("region %s cannot be listed: %s", region, exc)

@@ -1,0 +1,369 @@
+"""restore-drill-mongodb: restore the newest MongoDB backup into a scratch database and prove it.
+
+find (primary region, else the other) -> stream download + sha256 + decompress + insert in
+batches of at most 500 into `drill_<source>_<backup-id>` -> counts and content sha256 per
+collection against the manifest -> RTO/RPO against the targets (tasks.drill.judge) ->
+report, history, events -> drop the scratch database, always. The run FAILS when validation
+fails or a target is missed; it refuses the source database as its scratch target.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field, field_validator
+
+from blocks.defaults import resolve_mongo, resolve_store
+from flows.restore_drill import default_history_path
+from tasks.drill import (
+    CopyAttempt,
+    DrillRecord,
+    DrillTargets,
+    append_history,
+    check_scratch_target,
+    format_duration,
+    judge,
+    region_try_order,
+    rpo_of,
+    scratch_database_name,
+    validate_backup_selector,
+)
+from tasks.errors import (
+    BackupVerificationError,
+    DrillFailed,
+    RestoreLoadError,
+    RestoreTargetRefused,
+    StorageError,
+    VibeOpsError,
+)
+from tasks.manifest import BackupManifest, validate_source_name
+from tasks.mongo import (
+    MAX_INSERT_BATCH,
+    SYSTEM_DATABASES,
+    MongoRestoreStats,
+    drop_scratch,
+    restore_mongo_copy,
+    validate_mongo_restore,
+)
+from tasks.mongo_archive import CollectionParity
+from tasks.restore import BackupSearch, find_backup
+from tasks.storage import open_store
+
+ENGINE = "mongo-archive"
+
+
+class RestoreDrillMongoDBParams(BaseModel):
+    """Parameters of restore-drill-mongodb (rendered as a form in the Prefect UI)."""
+
+    source: str = Field(
+        default="vibebench", description="Logical source name: restores mongodb/<source>/ backups."
+    )
+    backup: str = Field(
+        default="latest",
+        description="'latest', a backup id (20250101T020000Z-a1b2c3) or a day (2025-01-01).",
+    )
+    store_block: str = Field(
+        default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."
+    )
+    drill_server_block: str = Field(
+        default="",
+        description="'VibeOps MongoDB Connection' block of the drill server; empty = local.",
+    )
+    prefer_region: str = Field(
+        default="", description="Region to restore from first; empty = the store's primary."
+    )
+    scratch_database: str = Field(
+        default="",
+        description="Scratch database name; empty = drill_<source>_<backup-id>. Never the source.",
+    )
+    rto_target: timedelta = Field(
+        default=timedelta(minutes=30), description="Recovery time objective (seed: 30 min)."
+    )
+    rpo_target: timedelta = Field(
+        default=timedelta(hours=25), description="Recovery point objective (nightly backups)."
+    )
+    insert_batch: int = Field(
+        default=MAX_INSERT_BATCH,
+        ge=1,
+        le=MAX_INSERT_BATCH,
+        description="Documents per insert while restoring (at most 500).",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return validate_source_name(value)
+
+    @field_validator("backup")
+    @classmethod
+    def _backup(cls, value: str) -> str:
+        return validate_backup_selector(value.strip())
+
+    @field_validator("rto_target", "rpo_target")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("targets must be longer than zero, e.g. PT30M")
+        return value
+
+
+@dataclass
+class _Drill:
+    """What the drill learned, for the report, the history and the events."""
+
+    params: RestoreDrillMongoDBParams
+    started: datetime
+    search: BackupSearch | None = None
+    scratch: str | None = None
+    attempts: list[CopyAttempt] = field(default_factory=list)
+    stats: MongoRestoreStats | None = None
+    parity: list[CollectionParity] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    validated_at: datetime | None = None
+    problems: list[str] = field(default_factory=list)
+    refusal: RestoreTargetRefused | None = None
+    scratch_fate: str = "not created"
+
+    @property
+    def manifest(self) -> BackupManifest | None:
+        return self.search.choice.manifest if self.search and self.search.choice else None
+
+
+@flow(
+    name="restore-drill-mongodb",
+    flow_run_name="restore-drill-mongodb-{params.source}",
+    description="Restore the newest MongoDB backup into a scratch database, validate, RTO/RPO.",
+    timeout_seconds=8 * 3600,
+)
+def restore_drill_mongodb(params: RestoreDrillMongoDBParams | None = None) -> DrillRecord:
+    """Prove that a MongoDB backup restores within the RTO and is recent enough for the RPO.
+
+    Returns:
+        The drill's history record.
+
+    Raises:
+        RestoreTargetRefused: the scratch database would be the source (nothing is written).
+        DrillFailed: validation failed or a target was missed (after the report).
+    """
+    params = params or RestoreDrillMongoDBParams()
+    server = resolve_mongo(params.drill_server_block, field="drill_server_block")
+    protected = [params.source, server.database, *SYSTEM_DATABASES]
+    if params.scratch_database:
+        check_scratch_target(params.scratch_database, protected)
+    stores = {d.region: open_store(d) for d in resolve_store(params.store_block).destinations}
+    order = region_try_order(list(stores), params.prefer_region or None)
+    drill = _Drill(params, datetime.now(UTC))
+    created = False
+    try:
+        with tags(f"db:{server.host}:{server.port}", "restore-drill"):
+            clock = time.perf_counter()
+            drill.search = find_backup(stores, order, params.source, params.backup, "mongodb")
+            drill.phases["find"] = time.perf_counter() - clock
+            manifest = drill.manifest
+            if manifest is None or drill.search.choice is None:
+                raise DrillFailed(
+                    f"no committed MongoDB backup of {params.source!r} matching "
+                    f"{params.backup!r} in the reachable regions"
+                )
+            protected.append(manifest.database)
+            drill.scratch = params.scratch_database or scratch_database_name(
+                params.source, manifest.backup_id
+            )
+            check_scratch_target(drill.scratch, protected)
+            marker = {
+                "drill_run": str(flow_run.get_id() or "local"),
+                "source": params.source,
+                "backup_id": manifest.backup_id,
+                "created_at": datetime.now(UTC),
+            }
+            for region in drill.search.choice.regions:
+                clock = time.perf_counter()
+                created = True
+                try:
+                    drill.stats = restore_mongo_copy(
+                        server, drill.scratch, manifest, stores[region], marker, params.insert_batch
+                    )
+                except (BackupVerificationError, StorageError, RestoreLoadError) as exc:
+                    _record_failed_copy(drill, region, exc, time.perf_counter() - clock)
+                    if isinstance(exc, RestoreLoadError):
+                        break
+                    continue
+                drill.attempts.append(
+                    CopyAttempt(
+                        region, "restored", objects=drill.stats.objects, seconds=drill.stats.seconds
+                    )
+                )
+                break
+            if drill.stats is None:
+                raise DrillFailed("no region's copy could be restored")
+            clock = time.perf_counter()
+            drill.parity = validate_mongo_restore(server, drill.scratch, manifest)
+            drill.phases["validate"] = time.perf_counter() - clock
+            drill.validated_at = datetime.now(UTC)
+            drill.problems += [f"{p.collection}: {p.problem}" for p in drill.parity if not p.ok]
+    except VibeOpsError as exc:
+        if isinstance(exc, RestoreTargetRefused):
+            drill.refusal = exc
+        drill.problems.append(
+            str(exc) if isinstance(exc, DrillFailed) else f"{type(exc).__name__}: {exc}"
+        )
+        get_run_logger().error("drill failed: %s", exc)
+    finally:
+        if created and drill.scratch:
+            try:
+                dropped = drop_scratch(server, drill.scratch, protected)
+                drill.scratch_fate = f"`{drill.scratch}` {'dropped' if dropped else 'absent'}"
+            except VibeOpsError as exc:
+                drill.scratch_fate = f"`{drill.scratch}` NOT dropped ({exc}); drop it by hand"
+                drill.problems.append(f"scratch database not dropped: {exc}")
+    record, reasons = _publish(drill)
+    if drill.refusal is not None:
+        raise drill.refusal
+    if not record.passed:
+        error = DrillFailed(f"MongoDB restore drill of {params.source!r} failed: " + reasons)
+        error.record = record  # type: ignore[attr-defined]  # for callers printing RTO/RPO
+        raise error
+    return record
+
+
+def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: float) -> None:
+    outcome: Literal["corrupt", "unreachable", "failed"] = (
+        "corrupt"
+        if isinstance(exc, BackupVerificationError)
+        else "unreachable"
+        if isinstance(exc, StorageError)
+        else "failed"
+    )
+    drill.attempts.append(CopyAttempt(region, outcome, str(exc)[:600], seconds=seconds))
+    drill.phases["failed_attempts"] = drill.phases.get("failed_attempts", 0.0) + seconds
+    get_run_logger().warning("region %s: %s copy: %s", region, outcome, exc)
+
+
+def _publish(drill: _Drill) -> tuple[DrillRecord, str]:
+    """Verdict, history record, report artifact and the passed/failed event."""
+    params, manifest, stats = drill.params, drill.manifest, drill.stats
+    targets = DrillTargets(rto=params.rto_target, rpo=params.rpo_target)
+    rto = drill.validated_at - drill.started if drill.validated_at and not drill.problems else None
+    rpo = rpo_of(drill.started, manifest.consistent_at) if manifest else None
+    verdict = judge(targets, rto, rpo, drill.problems)
+    phases = dict(drill.phases)
+    if stats:
+        phases.update(download=stats.download_s, load=stats.load_s)
+    restored = next((a.region for a in drill.attempts if a.outcome == "restored"), None)
+    record = DrillRecord(
+        source=f"mongodb/{params.source}",
+        flow_run_id=str(flow_run.get_id() or ""),
+        flow_run_name=flow_run.get_name(),
+        backup_id=manifest.backup_id if manifest else None,
+        engine=ENGINE,
+        region=restored,
+        corrupt_regions=[a.region for a in drill.attempts if a.outcome == "corrupt"],
+        unreachable_regions=sorted(
+            {a.region for a in drill.attempts if a.outcome == "unreachable"}
+            | set(drill.search.unreachable if drill.search else {})
+        ),
+        started_at=drill.started,
+        finished_at=datetime.now(UTC),
+        rto_seconds=rto.total_seconds() if rto else None,
+        rpo_seconds=rpo.total_seconds() if rpo is not None else None,
+        rto_target_seconds=params.rto_target.total_seconds(),
+        rpo_target_seconds=params.rpo_target.total_seconds(),
+        passed=verdict.passed,
+        reasons=list(verdict.reasons),
+        rows=manifest.total_rows if manifest else None,
+        bytes=stats.compressed_bytes if stats else None,
+        phases={k: round(v, 3) for k, v in phases.items()},
+    )
+    append_history(default_history_path(), record)
+    create_markdown_artifact(
+        key=f"restore-drill-mongodb-{params.source.replace('_', '-').replace('.', '-').lower()}",
+        markdown=_report(drill, record, rto, rpo),
+        description=f"restore-drill-mongodb {verdict.label}",
+    )
+    emit_event(
+        event=f"vibeops.drill.{'passed' if verdict.passed else 'failed'}",
+        resource={
+            "prefect.resource.id": f"vibeops.drill.mongodb.{params.source}",
+            "prefect.resource.name": f"MongoDB restore drill of {params.source}",
+        },
+        payload={
+            "kind": "mongodb",
+            "backup_id": record.backup_id,
+            "region": record.region,
+            "rto_seconds": record.rto_seconds,
+            "rpo_seconds": record.rpo_seconds,
+            "rto_target_seconds": record.rto_target_seconds,
+            "rpo_target_seconds": record.rpo_target_seconds,
+            "corrupt_regions": record.corrupt_regions,
+            "unreachable_regions": record.unreachable_regions,
+            "reasons": record.reasons[:10],
+        },
+    )
+    get_run_logger().info(
+        "MongoDB restore drill %s: RTO %s (target %s), RPO %s (target %s)",
+        verdict.label,
+        format_duration(rto),
+        format_duration(params.rto_target),
+        format_duration(rpo),
+        format_duration(params.rpo_target),
+    )
+    return record, "; ".join(verdict.reasons)
+
+
+def _report(
+    drill: _Drill, record: DrillRecord, rto: timedelta | None, rpo: timedelta | None
+) -> str:
+    params, manifest = drill.params, drill.manifest
+    mark = "PASSED ✅" if record.passed else "FAILED ❌"
+    lines = [
+        f"# MongoDB restore drill of `{params.source}`: {mark}",
+        "",
+        "| objective | measured | target |",
+        "|---|---|---|",
+        f"| RTO (start to validated restore) | {format_duration(rto)} | "
+        f"{format_duration(params.rto_target)} |",
+        f"| RPO (start minus backup's consistent point) | {format_duration(rpo)} | "
+        f"{format_duration(params.rpo_target)} |",
+        "",
+        *[f"- {reason}" for reason in record.reasons],
+        "",
+    ]
+    if manifest:
+        lines += [
+            f"Backup `{manifest.backup_id}` of `{manifest.database}`: {len(manifest.tables)} "
+            f"collections, {manifest.total_rows:,} documents, {manifest.total_size / 1e6:,.1f} MB.",
+            "",
+        ]
+    if drill.attempts:
+        lines += ["| region | outcome | detail |", "|---|---|---|"]
+        lines += [
+            f"| {a.region} | {a.outcome} | {_cell(a.detail or ', '.join(a.objects))} |"
+            for a in drill.attempts
+        ]
+        lines.append("")
+    if drill.parity:
+        lines += [
+            "| collection | documents (backup) | documents (restored) | sha256 match |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {p.collection} | {p.expected_count} | {p.actual_count} | "
+            f"{'yes' if p.ok else 'NO: ' + _cell(p.problem or '')} |"
+            for p in drill.parity
+        ]
+        lines.append("")
+    if record.phases:
+        lines.append("Phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in record.phases.items()))
+    lines.append(f"Scratch database: {drill.scratch_fate}.")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:300]
