@@ -16,6 +16,7 @@ _MODULES = {
     "GcsDestination": "blocks.backup_store",
     "LocalFolderDestination": "blocks.backup_store",
     "EmulatorGcpCredentials": "blocks.gcs_emulator",
+    "InfluxConnection": "blocks.influx",
     "KubeCluster": "blocks.kube",
     "load_cluster": "blocks.kube",
     "resolve_store": "blocks.defaults",
@@ -29,6 +30,7 @@ __all__ = [
     "BackupStore",
     "EmulatorGcpCredentials",
     "GcsDestination",
+    "InfluxConnection",
     "KubeCluster",
     "LocalFolderDestination",
     "MongoConnection",
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from blocks.backup_store import BackupStore, GcsDestination, LocalFolderDestination
     from blocks.defaults import resolve_store as resolve_store
     from blocks.gcs_emulator import EmulatorGcpCredentials
+    from blocks.influx import InfluxConnection
     from blocks.kube import KubeCluster
     from blocks.kube import load_cluster as load_cluster
     from blocks.mongo import MongoConnection

@@ -20,7 +20,7 @@ SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BACKUP_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
 Codec = Literal["zstd", "gzip"]
-Engine = Literal["mysqldump", "mydumper", "physical", "mongo-archive"]
+Engine = Literal["mysqldump", "mydumper", "physical", "mongo-archive", "influx-lp"]
 
 
 class StoredObject(BaseModel):
@@ -85,6 +85,24 @@ class PhysicalDetails(BaseModel):
     )
 
 
+class MeasurementFacts(BaseModel):
+    """One InfluxDB measurement as exported: field values (one line each) and their digest."""
+
+    points: int = Field(ge=0, description="Field values exported (one line-protocol line each).")
+    sha256: str = Field(description="sha256 over the measurement's lines sorted by (time, line).")
+
+
+class InfluxDetails(BaseModel):
+    """What a restore needs to know about an `influx-lp` backup (line protocol, ns precision)."""
+
+    bucket: str = Field(description="Source bucket.")
+    org: str = Field(description="Source organization.")
+    start: datetime = Field(description="Export range start (inclusive).")
+    stop: datetime = Field(description="Export range stop (exclusive): the consistent point.")
+    window_seconds: int = Field(ge=1, description="Export window (one query per window).")
+    measurements: dict[str, MeasurementFacts] = Field(default_factory=dict)
+
+
 class BackupManifest(BaseModel):
     """Everything a restore, a drill or retention needs to know about one backup."""
 
@@ -117,6 +135,9 @@ class BackupManifest(BaseModel):
     )
     physical: PhysicalDetails | None = Field(
         default=None, description="Set for engine `physical`: tool, LSNs, copied schemas."
+    )
+    influxdb: InfluxDetails | None = Field(
+        default=None, description="Set for engine `influx-lp`: bucket, range, measurement digests."
     )
 
     @property

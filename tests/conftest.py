@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.gcs",
     "tests.fixtures.kube",
     "tests.fixtures.alerting",
+    "tests.fixtures.influx",
     "tests.fixtures.mongo",
 ]
 

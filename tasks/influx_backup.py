@@ -1,0 +1,330 @@
+"""Prefect tasks of the InfluxDB backup and restore drill: preflight, export, restore, validate.
+
+Each wraps plain functions from tasks.influx, tasks.backup_stream and tasks.storage; the
+manifest is verified and committed with the MySQL backup's tasks (tasks.backup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Final, cast
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from blocks.influx import InfluxConnection
+from tasks.backup import _Progress, io_task
+from tasks.backup_stream import StreamResult, stream_to_stores, verify_copies
+from tasks.catalog import scan_backups
+from tasks.compression import EXTENSIONS, decompress_stream
+from tasks.drill import BackupChoice, select_backup
+from tasks.errors import RestoreTargetRefused, StorageError
+from tasks.influx import (
+    DAY_NS,
+    ChunkReader,
+    Digests,
+    InfluxSession,
+    digest_bucket,
+    export_lines,
+    from_ns,
+    load_lines,
+    to_ns,
+)
+from tasks.manifest import (
+    BackupManifest,
+    Codec,
+    InfluxDetails,
+    MeasurementFacts,
+    RegionCopy,
+    StoredObject,
+    TableFacts,
+    backup_prefix,
+)
+from tasks.storage import ObjectStore
+
+KIND: Final = "influxdb"
+OBJECT_STEM = "points.lp"
+SCRATCH_PREFIX = "drill_"
+SCRATCH_NAME = re.compile(r"^drill_[a-z0-9_]{1,58}$")
+BYTES_PER_POINT = 80  # progress estimate only
+
+
+@dataclass(frozen=True)
+class InfluxSourceFacts:
+    """What preflight learned: server version, first day with data, values per measurement."""
+
+    server_version: str
+    bucket: str
+    first_ns: int
+    stop_ns: int
+    points: dict[str, int]
+
+
+@dataclass(frozen=True)
+class InfluxExport:
+    written: StreamResult
+    object_name: str
+    measurements: dict[str, MeasurementFacts]
+
+
+@io_task("preflight-influxdb-backup", retries=3, backoff=2)
+def preflight_influx(
+    conn: InfluxConnection, bucket: str, stores: list[ObjectStore], stop: datetime
+) -> InfluxSourceFacts:
+    """Check the server, the bucket and every destination; count values per day."""
+    stop_ns = to_ns(stop)
+    with InfluxSession(conn) as session:
+        version = session.server_version()
+        session.require_bucket(bucket)
+        daily = session.count_points(bucket, 0, stop_ns, every="1d")
+    for store in stores:
+        store.check_ready()
+    first_ns = min(((t - 1) // DAY_NS) * DAY_NS for t in daily) if daily else stop_ns
+    points: dict[str, int] = {}
+    for per_measurement in daily.values():
+        for name, count in per_measurement.items():
+            points[name] = points.get(name, 0) + count
+    get_run_logger().info(
+        "bucket %s on %s (%s): %d measurement(s), %d values since %s; regions %s",
+        bucket,
+        conn.url,
+        version,
+        len(points),
+        sum(points.values()),
+        from_ns(first_ns).date(),
+        ", ".join(s.region for s in stores),
+    )
+    return InfluxSourceFacts(version, bucket, first_ns, stop_ns, points)
+
+
+@io_task("stream-influxdb-export", retries=2, backoff=5)
+def stream_export(
+    conn: InfluxConnection,
+    facts: InfluxSourceFacts,
+    stores: list[ObjectStore],
+    prefix: str,
+    codec: Codec,
+    level: int,
+    window_seconds: int,
+) -> InfluxExport:
+    """Export the bucket window by window as line protocol, compressed once, into every region."""
+    object_name = f"{OBJECT_STEM}{EXTENSIONS[codec]}"
+    digests = Digests()
+    progress = _Progress(sum(facts.points.values()) * BYTES_PER_POINT, facts.bucket)
+    try:
+        with InfluxSession(conn) as session:
+            lines = export_lines(
+                session,
+                facts.bucket,
+                facts.first_ns,
+                facts.stop_ns,
+                window_seconds * 10**9,
+                digests,
+            )
+            written = stream_to_stores(
+                cast(IO[bytes], ChunkReader(lines)),
+                stores,
+                f"{prefix}{object_name}",
+                codec,
+                level,
+                on_progress=progress,
+            )
+    finally:
+        progress.close()
+    get_run_logger().info(
+        "wrote %s: %.1f MB from %.1f MB, %d values, sha256 %s…",
+        object_name,
+        written.size / 1e6,
+        written.uncompressed_size / 1e6,
+        sum(digests.counts.values()),
+        written.sha256[:12],
+    )
+    return InfluxExport(written, object_name, digests.facts())
+
+
+def build_influx_manifest(
+    *,
+    backup_id: str,
+    source: str,
+    conn: InfluxConnection,
+    facts: InfluxSourceFacts,
+    export: InfluxExport,
+    codec: Codec,
+    stores: list[ObjectStore],
+    started_at: datetime,
+    window_seconds: int,
+) -> BackupManifest:
+    """The manifest of a finished, verified InfluxDB backup (consistent at the export's stop)."""
+    prefix = backup_prefix(KIND, source, backup_id)
+    written = export.written
+    return BackupManifest(
+        backup_id=backup_id,
+        kind=KIND,
+        engine="influx-lp",
+        source=source,
+        database=facts.bucket,
+        server_version=facts.server_version,
+        started_at=started_at,
+        consistent_at=from_ns(facts.stop_ns),
+        finished_at=datetime.now(UTC),
+        codec=codec,
+        objects=[
+            StoredObject(
+                name=export.object_name,
+                size=written.size,
+                sha256=written.sha256,
+                uncompressed_size=written.uncompressed_size,
+            )
+        ],
+        tables={name: TableFacts(rows=m.points) for name, m in export.measurements.items()},
+        regions=[RegionCopy(region=s.region, uri=s.uri(prefix)) for s in stores],
+        tool_versions={
+            "influxdb-client": __import__("influxdb_client").__version__,
+            "python-zstandard": __import__("zstandard").__version__,
+            "vibebench-ops": "0.1.0",
+        },
+        restore_hints={"precision": "ns", "format": "line-protocol"},
+        prefix=prefix,
+        influxdb=InfluxDetails(
+            bucket=facts.bucket,
+            org=conn.org,
+            start=from_ns(facts.first_ns),
+            stop=from_ns(facts.stop_ns),
+            window_seconds=window_seconds,
+            measurements=export.measurements,
+        ),
+    )
+
+
+# -- restore drill ----------------------------------------------------------------------------
+
+
+def scratch_bucket_name(source: str, backup_id: str) -> str:
+    """`drill_<source>_<backup-id>`, lower case, `[a-z0-9_]` only, at most 64 characters."""
+    name = SCRATCH_PREFIX + re.sub(r"[^a-z0-9]+", "_", f"{source}_{backup_id}".lower()).strip("_")
+    if len(name) <= 64:
+        return name
+    return f"{name[:55]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def check_scratch_bucket(name: str, source_bucket: str) -> str:
+    """Return `name` if a drill may restore into it, else raise RestoreTargetRefused."""
+    if name == source_bucket:
+        raise RestoreTargetRefused(
+            f"scratch_bucket {name!r} is the source bucket; a drill restores only into a bucket of "
+            "its own: leave scratch_bucket empty (drill_<source>_<backup-id>)"
+        )
+    if not SCRATCH_NAME.match(name):
+        raise RestoreTargetRefused(
+            f"scratch_bucket {name!r} is not a drill name: use 'drill_' followed by 1-58 "
+            "lower-case letters, digits or '_' (or leave it empty)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class InfluxBackupSearch:
+    choice: BackupChoice | None
+    unreachable: dict[str, str]
+
+
+@io_task("find-influxdb-backup", retries=2, backoff=2)
+def find_influx_backup(
+    stores: dict[str, ObjectStore], order: list[str], source: str, selector: str
+) -> InfluxBackupSearch:
+    """Read every region's influxdb catalog and pick the backup (unreachable regions noted)."""
+    committed: dict[str, list[BackupManifest]] = {}
+    unreachable: dict[str, str] = {}
+    uncommitted: set[str] = set()
+    for region in order:
+        try:
+            entries = scan_backups(stores[region], source, KIND)
+        except Exception as exc:
+            unreachable[region] = f"{type(exc).__name__}: {exc}"[:400]
+            continue
+        committed[region] = [e.manifest for e in entries if e.manifest is not None]
+        uncommitted |= {e.backup_id for e in entries if e.manifest is None}
+    if len(unreachable) == len(order):
+        raise StorageError("no backup region could be listed: " + "; ".join(unreachable.values()))
+    return InfluxBackupSearch(select_backup(committed, selector, order, uncommitted), unreachable)
+
+
+@dataclass(frozen=True)
+class InfluxRestoreStats:
+    region: str
+    points: int
+    compressed_bytes: int
+    verify_s: float
+    load_s: float
+
+
+@task(cache_policy=NO_CACHE, name="restore-influxdb-copy")
+def restore_influx_copy(
+    conn: InfluxConnection,
+    manifest: BackupManifest,
+    store: ObjectStore,
+    scratch: str,
+    batch_lines: int,
+) -> InfluxRestoreStats:
+    """Verify one region's copy (size, sha256, decompress), then load it into a fresh `scratch`.
+
+    Raises:
+        BackupVerificationError: the copy does not match the manifest (try another region).
+    """
+    data = manifest.objects[0]
+    key = manifest.object_key(data.name)
+    clock = time.perf_counter()
+    expected = StreamResult(data.size, data.sha256, data.uncompressed_size or 0)
+    verify_copies([store], key, expected, manifest.codec)
+    verified = time.perf_counter()
+    with InfluxSession(conn) as session:
+        session.delete_bucket(scratch)
+        session.create_bucket(scratch)
+        with store.open_reader(key) as raw:
+            chunks = decompress_stream(manifest.codec, iter(lambda: raw.read(1 << 20), b""))
+            points = load_lines(session, scratch, ChunkReader(chunks), batch_lines)
+    get_run_logger().info("loaded %d values from %s into %s", points, store.uri(key), scratch)
+    return InfluxRestoreStats(
+        store.region, points, data.size, verified - clock, time.perf_counter() - verified
+    )
+
+
+@io_task("validate-influxdb-restore", retries=2, backoff=2)
+def validate_influx_restore(
+    conn: InfluxConnection, manifest: BackupManifest, scratch: str
+) -> list[str]:
+    """Counts and sha256 digests per measurement of the scratch bucket against the manifest."""
+    details = manifest.influxdb
+    assert details is not None
+    with InfluxSession(conn) as session:
+        restored = digest_bucket(
+            session,
+            scratch,
+            to_ns(details.start),
+            to_ns(details.stop),
+            details.window_seconds * 10**9,
+        )
+    problems = []
+    for name in sorted(set(details.measurements) | set(restored)):
+        want, got = details.measurements.get(name), restored.get(name)
+        if want is None or got is None or want.points != got.points:
+            problems.append(
+                f"measurement {name!r}: {got.points if got else 0} values restored, "
+                f"{want.points if want else 0} in the backup"
+            )
+        elif want.sha256 != got.sha256:
+            problems.append(
+                f"measurement {name!r}: sha256 {got.sha256[:12]}… differs from the backup's"
+            )
+    return problems
+
+
+@task(cache_policy=NO_CACHE, name="drop-influxdb-scratch-bucket")
+def drop_scratch_bucket(conn: InfluxConnection, scratch: str) -> bool:
+    """Delete the drill's scratch bucket (True when it existed)."""
+    with InfluxSession(conn) as session:
+        return session.delete_bucket(scratch)

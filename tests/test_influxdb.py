@@ -1,0 +1,288 @@
+"""InfluxDB 2: backup, restore drill and retention tiers, with the real influxdb-client
+against the in-memory API stand-in (tests/influx_standin)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from influxdb_client import Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from prefect import flow
+from prefect.client.orchestration import get_client
+
+from blocks import BackupStore, InfluxConnection
+from flows.backup_influxdb import BackupInfluxParams, backup_influxdb
+from flows.restore_drill_influxdb import RestoreDrillInfluxParams, restore_drill_influxdb
+from tasks.catalog import scan_backups
+from tasks.errors import (
+    DatabaseAuthError,
+    DatabaseNotFound,
+    DatabaseUnreachable,
+    DrillFailed,
+    RestoreTargetRefused,
+)
+from tasks.influx import to_ns
+from tasks.influx_backup import restore_influx_copy
+from tasks.local_stack import free_port
+from tasks.storage import open_store
+from tests.fixtures.gcs import gcs_destination
+from tests.helpers import child_argvs, local_store, run_texts, save_block
+from tests.influx_standin import InfluxStandIn
+
+NS = 1_000_000_000
+BASE_NS = to_ns(datetime(2026, 11, 20, tzinfo=UTC)) + 123_456_789
+
+
+def _conn(
+    server: InfluxStandIn, token: str | None = None, url: str | None = None
+) -> InfluxConnection:
+    return InfluxConnection(
+        url=url or server.url, org=server.org, token=token or server.token, timeout_seconds=5
+    )
+
+
+def _sample_points() -> list[Point]:
+    """Several measurements; tags with spaces, commas, '=' and quotes; every field type; ns."""
+    points = []
+    for i in range(3 * 24 * 6):  # three days, every 10 minutes
+        stamp = BASE_NS + i * 600 * NS + i  # odd nanoseconds
+        points.append(
+            Point("cpu load")
+            .tag("host name", f"web {i % 3}")
+            .tag("dc", "eu,west=1" if i % 2 else 'us "east"')
+            .field("usage", i / 7)
+            .field("cores", i % 8)
+            .field("throttled", i % 5 == 0)
+            .field("note", f'said "hi", {i}\\ok')
+            .time(stamp, WritePrecision.NS)
+        )
+        points.append(
+            Point("http,requests")
+            .tag("path", "/a b")
+            .field("count", i)
+            .time(stamp + 7, WritePrecision.NS)
+        )
+    points.append(Point("events").field("message", "deploy v1=ok").time(BASE_NS, WritePrecision.NS))
+    return points
+
+
+@pytest.fixture
+def source_bucket(influx_server: InfluxStandIn) -> Iterator[str]:
+    name = f"metrics_{uuid.uuid4().hex[:8]}"
+    with _conn(influx_server).get_client() as client:
+        client.buckets_api().create_bucket(bucket_name=name, org=influx_server.org)
+        client.write_api(write_options=SYNCHRONOUS).write(name, influx_server.org, _sample_points())
+    yield name
+
+
+def _series(server: InfluxStandIn, bucket: str) -> dict:
+    with server.lock:
+        found = server.bucket_by_name(bucket)
+        assert found is not None
+        return {key: dict(values) for key, values in server.series[found["id"]].items()}
+
+
+def _backup(
+    server: InfluxStandIn,
+    bucket: str,
+    store: BackupStore,
+    conn: InfluxConnection | None = None,
+    **extra,
+):
+    params = BackupInfluxParams(
+        source=bucket.replace("_", "-"),
+        bucket=bucket,
+        connection_block=save_block(conn or _conn(server)),
+        store_block=save_block(store),
+        **extra,
+    )
+    return backup_influxdb(params, return_state=True)
+
+
+def _event_payloads(name: str, flow_run_id: uuid.UUID) -> list[dict]:
+    """Payloads of one run's events called `name` (events arrive asynchronously: poll)."""
+    body = {
+        "filter": {
+            "event": {"name": [name]},
+            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        },
+        "limit": 10,
+    }
+    with get_client(sync_client=True) as client:
+        for _ in range(60):
+            events = client.request("POST", "/events/filter", json=body).json()["events"]
+            if events:
+                return [e["payload"] for e in events]
+            time.sleep(0.25)
+    return []
+
+
+def _state_exception(state) -> BaseException:
+    with pytest.raises(Exception) as info:
+        state.result()
+    return info.value
+
+
+def test_round_trip_two_regions_and_gcs_restores_identical(
+    influx_server: InfluxStandIn, source_bucket: str, tmp_path: Path, gcs_bucket_factory
+) -> None:
+    gcs_name = gcs_bucket_factory()
+    store = local_store(tmp_path)
+    store = BackupStore(destinations=[*store.destinations, gcs_destination("eu-west1", gcs_name)])
+    state = _backup(influx_server, source_bucket, store)
+    manifest = state.result()
+    source = source_bucket.replace("_", "-")
+    assert manifest.kind == "influxdb" and manifest.engine == "influx-lp"
+    assert manifest.prefix.startswith(f"influxdb/{source}/")
+    assert manifest.objects[0].name == "points.lp.zst"
+    details = manifest.influxdb
+    assert details is not None and details.bucket == source_bucket
+    assert {n: m.points for n, m in details.measurements.items()} == {
+        "cpu load": 432 * 4,
+        "http,requests": 432,
+        "events": 1,
+    }
+    assert manifest.total_rows == influx_server.points(source_bucket)
+    stores = [open_store(d) for d in store.destinations]
+    copies = {s.read_bytes(manifest.object_key("points.lp.zst")) for s in stores}
+    assert len(copies) == 1, "every region holds the same bytes"
+    assert all(scan_backups(s, source, "influxdb")[0].committed for s in stores)
+
+    scratch = f"drill_check_{uuid.uuid4().hex[:6]}"
+    conn = _conn(influx_server)
+
+    @flow(name="restore-influxdb-copy-test")
+    def restore_one():  # type: ignore[no-untyped-def]
+        return restore_influx_copy(conn, manifest, stores[2], scratch, 500)
+
+    stats = restore_one()
+    assert stats.points == manifest.total_rows
+    assert _series(influx_server, scratch) == _series(influx_server, source_bucket)
+
+    drill = restore_drill_influxdb(
+        RestoreDrillInfluxParams(
+            source=source,
+            store_block=save_block(store),
+            connection_block=save_block(_conn(influx_server)),
+        ),
+        return_state=True,
+    )
+    record = drill.result()
+    assert record.passed and record.region == "local-a" and record.rows == manifest.total_rows
+    assert not [
+        b for b in influx_server.buckets.values() if b["name"].startswith(f"drill_{source}")
+    ]
+    backup_run, drill_run = state.state_details.flow_run_id, drill.state_details.flow_run_id
+    assert _event_payloads("vibeops.backup.succeeded", backup_run)[0]["kind"] == "influxdb"
+    assert _event_payloads("vibeops.drill.passed", drill_run)[0]["kind"] == "influxdb"
+    assert influx_server.token not in run_texts(backup_run) + run_texts(drill_run)
+
+
+def test_wrong_token_is_named_and_nothing_written(
+    influx_server: InfluxStandIn, source_bucket: str, tmp_path: Path
+) -> None:
+    secret = f"wrong-{uuid.uuid4().hex}"
+    store = local_store(tmp_path)
+    state = _backup(influx_server, source_bucket, store, _conn(influx_server, token=secret))
+    exc = _state_exception(state)
+    assert isinstance(exc, DatabaseAuthError), exc
+    assert "`token`" in str(exc)
+    assert not any(p.is_file() for p in tmp_path.rglob("*")), "a failed run left files"
+    failed = _event_payloads("vibeops.backup.failed", state.state_details.flow_run_id)
+    assert failed[0]["kind"] == "influxdb" and failed[0]["error"] == "DatabaseAuthError"
+    texts = run_texts(state.state_details.flow_run_id)
+    assert secret not in texts and influx_server.token not in texts
+
+
+def test_unreachable_url_and_missing_bucket(
+    influx_server: InfluxStandIn, source_bucket: str, tmp_path: Path
+) -> None:
+    store = local_store(tmp_path)
+    down = _conn(influx_server, url=f"http://127.0.0.1:{free_port()}")
+    exc = _state_exception(_backup(influx_server, source_bucket, store, down))
+    assert isinstance(exc, DatabaseUnreachable) and "`url`" in str(exc), exc
+    exc = _state_exception(_backup(influx_server, "no_such_bucket", store))
+    assert isinstance(exc, DatabaseNotFound) and "'no_such_bucket'" in str(exc), exc
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_corrupt_copy_fails_verification_and_drill_uses_other_region(
+    influx_server: InfluxStandIn, source_bucket: str, tmp_path: Path
+) -> None:
+    store = local_store(tmp_path)
+    manifest = _backup(influx_server, source_bucket, store).result()
+    path = tmp_path / "local-a" / manifest.object_key("points.lp.zst")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    record = restore_drill_influxdb(
+        RestoreDrillInfluxParams(
+            source=manifest.source,
+            store_block=save_block(store),
+            connection_block=save_block(_conn(influx_server)),
+        )
+    )
+    assert record.passed
+    assert record.corrupt_regions == ["local-a"] and record.region == "local-b"
+
+
+def test_drill_refuses_the_source_bucket_and_misses_a_target_loudly(
+    influx_server: InfluxStandIn, tmp_path: Path
+) -> None:
+    bucket = f"drill_src_{uuid.uuid4().hex[:6]}"  # a drill-like name, so only the source rule trips
+    with _conn(influx_server).get_client() as client:
+        client.buckets_api().create_bucket(bucket_name=bucket, org=influx_server.org)
+        client.write_api(write_options=SYNCHRONOUS).write(
+            bucket, influx_server.org, _sample_points()[:50]
+        )
+    store = local_store(tmp_path)
+    manifest = _backup(influx_server, bucket, store).result()
+    before = _series(influx_server, bucket)
+    params = dict(
+        source=manifest.source,
+        store_block=save_block(store),
+        connection_block=save_block(_conn(influx_server)),
+    )
+    state = restore_drill_influxdb(
+        RestoreDrillInfluxParams(**params, scratch_bucket=bucket), return_state=True
+    )
+    exc = _state_exception(state)
+    assert isinstance(exc, RestoreTargetRefused) and "scratch_bucket" in str(exc), exc
+    assert _series(influx_server, bucket) == before
+    state = restore_drill_influxdb(
+        RestoreDrillInfluxParams(**params, rpo_target=timedelta(microseconds=1)), return_state=True
+    )
+    exc = _state_exception(state)
+    assert isinstance(exc, DrillFailed) and "RPO" in str(exc), exc
+    assert _event_payloads("vibeops.drill.failed", state.state_details.flow_run_id)
+
+
+def test_token_never_in_argv_logs_artifacts_or_events(
+    influx_server: InfluxStandIn, source_bucket: str, tmp_path: Path
+) -> None:
+    store = local_store(tmp_path)
+    state = _backup(influx_server, source_bucket, store)
+    manifest = state.result()
+    drill = restore_drill_influxdb(
+        RestoreDrillInfluxParams(
+            source=manifest.source,
+            store_block=save_block(store),
+            connection_block=save_block(_conn(influx_server)),
+        ),
+        return_state=True,
+    )
+    drill.result()
+    token = influx_server.token
+    for run in (state, drill):
+        assert token not in run_texts(run.state_details.flow_run_id)
+    assert token.encode() not in Path(f"/proc/{os.getpid()}/cmdline").read_bytes()
+    assert all(token.encode() not in argv for _, argv in child_argvs("python", "influx"))
+    assert token not in manifest.to_json().decode()
+    for path in tmp_path.rglob("*.json"):
+        assert token not in path.read_text()
