@@ -29,8 +29,8 @@ class RetentionPolicy(Block):
 
     rules: list[Rule] = Field(
         default_factory=seed_rules,
-        description="Rules, run in order. Kinds: mysql_table, object_prefix, backups "
-        "(mongodb_collection and influxdb_tiers are modelled; keep them disabled for now).",
+        description="Rules, run in order. Kinds: mysql_table, object_prefix, backups, "
+        "mongodb_collection (influxdb_tiers is modelled; keep it disabled for now).",
     )
     max_delete_fraction: float = Field(
         default=0.5,

@@ -5,7 +5,8 @@
    against the server. A bad policy is refused here and nothing is touched.
 2. Gather facts (row counts, prefix listings, backup catalogs per region) and compute the
    pure plan for a fixed `as_of`; publish it as an artifact.
-3. Unless dry_run: carry out each rule (chunked MySQL deletes; object deletes, archives and
+3. Unless dry_run: carry out each rule (chunked MySQL deletes; MongoDB deletes in batches
+   by _id range; object deletes, archives and
    gzip compression; backups whole, manifest last), report, emit
    `vibeops.retention.completed`, and fail if any rule failed, after finishing the others.
 """
@@ -36,9 +37,11 @@ from prefect.client.schemas.objects import StateType
 from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
-from blocks.defaults import resolve_mysql, resolve_store
+from blocks.defaults import resolve_mongo, resolve_mysql, resolve_store
+from blocks.mongo import MongoConnection
 from blocks.retention import RetentionPolicy
 from tasks.errors import ConfigurationError, RetentionIncomplete, RetentionPolicyInvalid
+from tasks.mongo import count_expired_documents, purge_expired_documents
 from tasks.mysql_purge import (
     PurgeProgress,
     TableShape,
@@ -55,6 +58,7 @@ from tasks.object_purge import (
 )
 from tasks.retention import (
     BackupRule,
+    MongoCollectionRule,
     MySQLTableRule,
     ObjectPrefixRule,
     RetentionPlan,
@@ -63,6 +67,7 @@ from tasks.retention import (
     drill_references,
     outcomes_markdown,
     plan_backup_rule,
+    plan_collection_rule,
     plan_object_rule,
     plan_table_rule,
     rule_cutoff,
@@ -112,6 +117,10 @@ class PurgeRetentionParams(BaseModel):
         ge=timedelta(seconds=1),
         le=timedelta(hours=12),
         description="Stop table purges cleanly after this long; the next run resumes.",
+    )
+    mongo_connection_block: str = Field(
+        default="",
+        description="'VibeOps MongoDB Connection' block for collection rules; empty = local.",
     )
     protected_backup_ids: list[str] = Field(
         default_factory=list,
@@ -164,6 +173,7 @@ def _plan(
     classes: dict[str, str],
     protected: set[str],
     conn: Any,
+    mongo: MongoConnection | None = None,
 ) -> tuple[list[RulePlan], dict[str, str]]:
     """Gather facts per rule and compute its plan; a rule whose facts fail is recorded."""
     plans: list[RulePlan] = []
@@ -186,6 +196,18 @@ def _plan(
                 plans.append(
                     plan_object_rule(rule, as_of, listings, fraction, params.force, classes)
                 )
+            elif isinstance(rule, MongoCollectionRule):
+                cutoff = rule_cutoff(rule, as_of)
+                assert cutoff is not None and mongo is not None
+                counts = count_expired_documents(
+                    mongo, rule.database, rule.collection, rule.time_field, cutoff
+                )
+                plans.append(
+                    plan_collection_rule(
+                        rule, as_of, counts.matching, counts.total, counts.avg_size, fraction,
+                        params.force,
+                    )
+                )  # fmt: skip
             elif isinstance(rule, BackupRule):
                 catalogs = {
                     r: scan_backup_catalog(s, rule.backup_kind, rule.sources)
@@ -243,6 +265,19 @@ class _Progress:
         update_progress_artifact(self.artifact_id, round(value, 1))
 
 
+def _record_deleted(
+    outcome: RuleOutcome, plan: RulePlan, deleted: int, finished: bool, unit: str
+) -> None:
+    """What a chunked purge deleted; one stopped by the time budget fails (the next resumes)."""
+    outcome.rows_deleted = deleted
+    outcome.bytes_deleted = deleted * (plan.bytes // max(plan.rows, 1))
+    if not finished:
+        outcome.status = "failed"
+        outcome.error = (
+            f"time budget reached after {deleted} of {plan.rows} {unit}; the next run resumes"
+        )
+
+
 def _execute(
     plan: RulePlan,
     policy: RetentionPolicy,
@@ -253,6 +288,7 @@ def _execute(
     report: _Progress,
     index: int,
     deadline: float,
+    mongo: MongoConnection | None = None,
 ) -> RuleOutcome:
     started = time.monotonic()
     outcome = RuleOutcome(rule=plan.rule, status="ok")
@@ -276,14 +312,27 @@ def _execute(
                 time_budget_seconds=max(1.0, deadline - time.monotonic()),
                 on_progress=on_progress,
             )
-        outcome.rows_deleted = result.deleted
-        outcome.bytes_deleted = result.deleted * (plan.bytes // max(plan.rows, 1))
-        if not result.finished:
-            outcome.status = "failed"
-            outcome.error = (
-                f"time budget reached after {result.deleted} of {plan.rows} rows (cursor "
-                f"{result.cursor}); the next run resumes"
+        _record_deleted(
+            outcome, plan, result.deleted, result.finished, f"rows (cursor {result.cursor})"
+        )
+    elif plan.kind == "mongodb_collection":
+        assert plan.cutoff is not None and plan.database and plan.table and plan.time_column
+        assert mongo is not None
+        with tags(f"db:{mongo.host}:{mongo.port}/{plan.database}"):
+            purged = purge_expired_documents(
+                mongo,
+                plan.database,
+                plan.table,
+                plan.time_column,
+                plan.cutoff,
+                batch_size=policy.chunk_rows,
+                pause_seconds=policy.pause_ms / 1000,
+                time_budget_seconds=max(1.0, deadline - time.monotonic()),
+                on_progress=lambda deleted: report.update(index, deleted / max(plan.rows, 1)),
             )
+        _record_deleted(
+            outcome, plan, purged.deleted, purged.finished, f"documents (last _id {purged.last_id})"
+        )
     else:
         steps = max(len(plan.steps), 1)
         totals = run_object_steps(
@@ -364,6 +413,9 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
             if isinstance(r, MySQLTableRule) and r.action != "keep"
         ]
         shapes = check_table_rules(conn, table_rules) if table_rules else {}
+        mongo = None
+        if any(isinstance(r, MongoCollectionRule) for r in rules):
+            mongo = resolve_mongo(params.mongo_connection_block, field="mongo_connection_block")
     except (RetentionPolicyInvalid, ConfigurationError) as exc:
         _refuse(policy_name, exc)
         raise
@@ -374,7 +426,9 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
     protected = set(params.protected_backup_ids)
     if any(isinstance(r, BackupRule) for r in rules):
         protected = drill_references(params.protected_backup_ids) | find_drill_references()
-    plans, plan_failures = _plan(policy, params, as_of, shapes, stores, classes, protected, conn)
+    plans, plan_failures = _plan(
+        policy, params, as_of, shapes, stores, classes, protected, conn, mongo
+    )
     plan = RetentionPlan(policy=policy_name, as_of=as_of, rules=plans)
     create_markdown_artifact(
         key="purge-retention-plan",
@@ -406,7 +460,7 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
                     outcomes.append(
                         _execute(
                             rule_plan, policy, shapes, stores, classes, conn, report, index,
-                            deadline,
+                            deadline, mongo,
                         )
                     )  # fmt: skip
                 except Exception as exc:

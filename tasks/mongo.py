@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from blocks.mongo import MongoConnection
-from tasks.backup import io_task
+from tasks.backup import _Progress, io_task
 from tasks.backup_stream import StreamResult, stream_to_stores
 from tasks.compression import EXTENSIONS, decompress_stream
 from tasks.errors import (
@@ -33,6 +33,7 @@ from tasks.errors import (
     DatabaseUnreachable,
     RestoreLoadError,
     RestoreTargetRefused,
+    RetentionPolicyInvalid,
     VibeOpsError,
 )
 from tasks.manifest import BackupManifest, Codec, RegionCopy, StoredObject, TableFacts
@@ -212,38 +213,6 @@ class MongoDump:
     collections: dict[str, TableFacts]
 
 
-def dump_database(
-    conn: MongoConnection,
-    database: str,
-    facts: MongoFacts,
-    stores: list[ObjectStore],
-    prefix: str,
-    codec: Codec,
-    level: int,
-    batch_size: int = 1000,
-    on_progress: Callable[[int], None] | None = None,
-) -> MongoDump:
-    """Stream one database's archive, compressed once, into every region (not yet committed
-    by a manifest). A standalone server has no cross-collection snapshot, so each collection
-    is read in `_id` order as of its own read; `consistent_at` is when the dump started."""
-    object_name = f"{ARCHIVE_NAME}{EXTENSIONS[codec]}"
-    digests: dict[str, CollectionDigest] = {}
-    consistent_at = datetime.now(UTC)
-    with mongo_client(conn) as client:
-        source = _ChunkReader(archive_chunks(client, database, facts, digests, batch_size))
-        written = stream_to_stores(
-            source,  # type: ignore[arg-type]  # read() is all it needs
-            stores,
-            f"{prefix}{object_name}",
-            codec,
-            level,
-            on_progress=on_progress,
-        )
-    return MongoDump(
-        written, object_name, consistent_at, {n: d.facts() for n, d in digests.items()}
-    )
-
-
 @io_task("stream-mongodb-dump", retries=2, backoff=5)
 def stream_mongo_dump(
     conn: MongoConnection,
@@ -255,16 +224,29 @@ def stream_mongo_dump(
     level: int,
     batch_size: int = 1000,
 ) -> MongoDump:
-    """Dump `database` once into every region; logs the size and ratio."""
-    from tasks.backup import _Progress
-
+    """Stream one database's archive, compressed once, into every region (committed later
+    by the manifest). A standalone server has no cross-collection snapshot: each collection
+    is read in `_id` order as of its own read; `consistent_at` is when the dump started."""
+    object_name = f"{ARCHIVE_NAME}{EXTENSIONS[codec]}"
+    digests: dict[str, CollectionDigest] = {}
+    consistent_at = datetime.now(UTC)
     progress = _Progress(max(sum(facts.collections.values()), 1) * 200, database)
     try:
-        dump = dump_database(
-            conn, database, facts, stores, prefix, codec, level, batch_size, progress
-        )
+        with mongo_client(conn) as client:
+            source = _ChunkReader(archive_chunks(client, database, facts, digests, batch_size))
+            written = stream_to_stores(
+                source,  # type: ignore[arg-type]  # read() is all it needs
+                stores,
+                f"{prefix}{object_name}",
+                codec,
+                level,
+                on_progress=progress,
+            )
     finally:
         progress.close()
+    dump = MongoDump(
+        written, object_name, consistent_at, {n: d.facts() for n, d in digests.items()}
+    )
     get_run_logger().info(
         "wrote %s: %.1f MB from %.1f MB (%.1fx), %d documents, sha256 %s…",
         dump.object_name,
@@ -503,3 +485,91 @@ def restore_mongo_copy(
         stats.seconds,
     )
     return stats
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpiredDocuments:
+    """A collection rule's facts at its cutoff."""
+
+    matching: int
+    total: int
+    avg_size: int
+
+
+def count_expired_documents(
+    conn: MongoConnection, database: str, collection: str, time_field: str, cutoff: datetime
+) -> ExpiredDocuments:
+    """How many documents have `time_field` before `cutoff` (a BSON date), of how many.
+
+    Raises:
+        RetentionPolicyInvalid: the collection does not exist (names the rule's fields).
+    """
+    with mongo_client(conn) as client:
+        db = client[database]
+        if collection not in db.list_collection_names():
+            raise RetentionPolicyInvalid(
+                f"collection {database}.{collection} does not exist on {conn.host}:{conn.port}; "
+                "fix the rule's database/collection fields or disable the rule"
+            )
+        coll = db[collection]
+        matching = coll.count_documents({time_field: {"$lt": cutoff}})
+        total = coll.count_documents({})
+        avg = 0
+        if matching:
+            sample = list(coll.find_raw_batches({}, limit=100))
+            sizes = [len(raw) for batch in sample for raw in split_documents(batch)]
+            avg = sum(sizes) // max(len(sizes), 1)
+    return ExpiredDocuments(matching, total, avg)
+
+
+@dataclass(frozen=True)
+class DocumentPurge:
+    """What a collection purge did; `finished` is False when the time budget ran out."""
+
+    deleted: int
+    batches: int
+    finished: bool
+    last_id: Any = None
+
+
+def purge_expired_documents(
+    conn: MongoConnection,
+    database: str,
+    collection: str,
+    time_field: str,
+    cutoff: datetime,
+    batch_size: int = 1000,
+    pause_seconds: float = 0.02,
+    time_budget_seconds: float = 3600.0,
+    on_progress: Callable[[int], None] | None = None,
+) -> DocumentPurge:
+    """Delete documents with `time_field` before `cutoff`, one `_id` range at a time.
+
+    Each batch reads the next `batch_size` expired `_id`s in order and deletes that `_id`
+    range (still filtered by the cutoff, so younger documents inside it stay), then pauses.
+    """
+    expired = {time_field: {"$lt": cutoff}}
+    deadline = time.monotonic() + time_budget_seconds
+    deleted = batches = 0
+    last: Any = None
+    with mongo_client(conn) as client:
+        coll = client[database][collection]
+        while True:
+            query = expired if last is None else {**expired, "_id": {"$gt": last}}
+            ids = [
+                d["_id"] for d in coll.find(query, {"_id": 1}, sort=[("_id", 1)], limit=batch_size)
+            ]
+            if not ids:
+                return DocumentPurge(deleted, batches, True, last)
+            result = coll.delete_many({**expired, "_id": {"$gte": ids[0], "$lte": ids[-1]}})
+            deleted += result.deleted_count
+            batches += 1
+            last = ids[-1]
+            if on_progress is not None:
+                on_progress(deleted)
+            if time.monotonic() >= deadline:
+                return DocumentPurge(deleted, batches, False, last)
+            time.sleep(pause_seconds)

@@ -32,6 +32,7 @@ AUDIT_MIN_DAYS = 2557
 BACKUP_KINDS = ("mysql", "mongodb", "influxdb")
 COMPRESSED_SUFFIX = ".gz"
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+MONGO_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DAY = re.compile(r"(?<!\d)\d{4}-\d{2}-\d{2}(?!\d)")
 KEY_DATE = re.compile(r"(?<!\d)(\d{4})[/_-]?(\d{2})[/_-]?(\d{2})(?!\d)")
@@ -133,7 +134,8 @@ class BackupRule(_Rule):
 
 
 class MongoCollectionRule(_Rule):
-    """Documents of a MongoDB collection older than the age (executor: a later issue)."""
+    """Documents of a MongoDB collection whose date field is older than the age are deleted in
+    bounded batches by `_id` range."""
 
     kind: Literal["mongodb_collection"] = "mongodb_collection"
     database: str = Field(description="MongoDB database.")
@@ -178,7 +180,7 @@ Rule = Annotated[
     MySQLTableRule | ObjectPrefixRule | BackupRule | MongoCollectionRule | InfluxTiersRule,
     Field(discriminator="kind"),
 ]
-EXECUTABLE_KINDS = ("mysql_table", "object_prefix", "backups")
+EXECUTABLE_KINDS = ("mysql_table", "object_prefix", "backups", "mongodb_collection")
 
 
 class PolicySpec(BaseModel):
@@ -323,6 +325,16 @@ def _kind_problems(rule: Any) -> list[str]:
             for s in rule.sources
             if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", s)
         ]
+    elif isinstance(rule, MongoCollectionRule):
+        if not MONGO_NAME.match(rule.database) or not MONGO_NAME.match(rule.collection):
+            problems.append(
+                f"rule {name!r}: database {rule.database!r} / collection {rule.collection!r} "
+                "must be plain names (letters, digits, '_' and '-', no dots)"
+            )
+        if not MONGO_NAME.match(rule.time_field):
+            problems.append(
+                f"rule {name!r}: time_field {rule.time_field!r} must be a top-level field name"
+            )
     elif isinstance(rule, InfluxTiersRule):
         previous = 0
         for tier in rule.tiers:
@@ -667,6 +679,33 @@ def plan_table_rule(
             rule.name, facts.matching_rows, facts.total_rows, max_fraction, force
         ),
         notes=["bytes estimated from avg_row_length"] if facts.matching_rows else [],
+    )
+
+
+def plan_collection_rule(
+    rule: MongoCollectionRule,
+    now: datetime,
+    matching: int,
+    total: int,
+    avg_size: int,
+    max_fraction: float,
+    force: bool,
+) -> RulePlan:
+    """The plan of a MongoDB collection rule from the server's counts at the cutoff."""
+    return RulePlan(
+        rule=rule.name,
+        kind=rule.kind,
+        action=rule.action,
+        target=rule.target,
+        cutoff=rule_cutoff(rule, now),
+        rows=matching,
+        bytes=matching * avg_size,
+        total=total,
+        database=rule.database,
+        table=rule.collection,
+        time_column=rule.time_field,
+        refused=_fraction_guard(rule.name, matching, total, max_fraction, force),
+        notes=["documents; bytes estimated from the average document size"] if matching else [],
     )
 
 

@@ -14,20 +14,28 @@ from bson import Binary, Decimal128, ObjectId
 from bson.codec_options import CodecOptions
 from pydantic import SecretStr
 
-from blocks import BackupStore, LocalFolderDestination
+from blocks import BackupStore, LocalFolderDestination, RetentionPolicy
 from blocks.mongo import MongoConnection
 from flows.backup_mongodb import BackupMongoDBParams, backup_mongodb
 from flows.restore_drill_mongodb import RestoreDrillMongoDBParams, restore_drill_mongodb
+from flows.retention import PurgeRetentionParams, purge_retention
 from tasks.errors import (
     DatabaseAuthError,
     DatabaseNotFound,
     DatabaseUnreachable,
     DrillFailed,
     RestoreTargetRefused,
+    RetentionPolicyInvalid,
 )
 from tasks.local_stack import free_port
 from tasks.manifest import BackupManifest, parse_manifest
-from tasks.mongo import MARKER_COLLECTION, read_source_facts, restore_archive
+from tasks.mongo import (
+    MARKER_COLLECTION,
+    count_expired_documents,
+    read_source_facts,
+    restore_archive,
+)
+from tasks.retention import MongoCollectionRule, plan_collection_rule
 from tasks.storage import open_store
 from tests.fixtures.gcs import gcs_destination
 from tests.helpers import local_store, run_texts, save_block
@@ -296,3 +304,61 @@ def test_password_never_in_logs_artifacts_events_or_manifest(
     assert backup_state.is_completed()
     texts = texts_with(backup_state.state_details.flow_run_id, "vibeops.backup.succeeded")
     assert secret not in texts and json.dumps(secret)[1:-1] not in texts
+
+
+AS_OF = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+def test_purge_plan_is_exact_dry_run_changes_nothing_and_run_deletes_exactly_those(
+    mongo_conn: MongoConnection, mongo_database: str, seeded
+) -> None:
+    rule = MongoCollectionRule(
+        name="old-events",
+        database=mongo_database,
+        collection="events",
+        time_field="created_at",
+        older_than_days=30,
+    )
+    cutoff = AS_OF - timedelta(days=30)
+    events = seeded["events"]
+    expired = sorted(d["_id"] for d in events if d["created_at"] < cutoff)
+    assert 0 < len(expired) < len(events)
+
+    counts = count_expired_documents(mongo_conn, mongo_database, "events", "created_at", cutoff)
+    plan = plan_collection_rule(
+        rule, AS_OF, counts.matching, counts.total, counts.avg_size, 0.9, False
+    )
+    assert (plan.rows, plan.total, plan.cutoff, plan.refused) == (len(expired), 1200, cutoff, None)
+
+    policy = save_block(RetentionPolicy(rules=[rule], max_delete_fraction=0.9, chunk_rows=100))
+    params = PurgeRetentionParams(
+        policy_block=policy, mongo_connection_block=save_block(mongo_conn), as_of=AS_OF
+    )
+    [dry] = purge_retention(params)
+    assert dry.status == "dry-run"
+    assert len(read_all(mongo_conn, mongo_database)["events"]) == 1200
+
+    [done] = purge_retention(params.model_copy(update={"dry_run": False}))
+    assert (done.status, done.rows_deleted) == ("ok", len(expired))
+    left = read_all(mongo_conn, mongo_database)
+    assert sorted(d["_id"] for d in left["events"]) == sorted(
+        d["_id"] for d in events if d["created_at"] >= cutoff
+    )
+    assert len(left["users"]) == 57
+
+    [again] = purge_retention(params.model_copy(update={"dry_run": False}))
+    assert (again.status, again.rows_deleted) == ("nothing-to-do", 0)
+
+
+def test_purge_refuses_a_missing_collection_and_a_too_large_share(
+    mongo_conn: MongoConnection, mongo_database: str, seeded
+) -> None:
+    rule = MongoCollectionRule(
+        name="old-events", database=mongo_database, collection="events", older_than_days=30
+    )
+    cutoff = AS_OF - timedelta(days=30)
+    counts = count_expired_documents(mongo_conn, mongo_database, "events", "created_at", cutoff)
+    plan = plan_collection_rule(rule, AS_OF, counts.matching, counts.total, 1, 0.5, False)
+    assert plan.refused and "max_delete_fraction" in plan.refused
+    with pytest.raises(RetentionPolicyInvalid, match="fix the rule's database/collection"):
+        count_expired_documents(mongo_conn, mongo_database, "nope", "created_at", cutoff)

@@ -146,7 +146,9 @@ def test_names_identifiers_prefixes_and_unexecutable_kinds_are_checked():
         [ObjectPrefixRule(name="p", prefix="/", action="delete", older_than_days=3)]
     )
     mongo = MongoCollectionRule(name="m", database="vb", collection="events", older_than_days=30)
-    assert "has no executor yet" in refused([mongo])
+    validate_policy(PolicySpec(rules=[mongo]), NOW, NOW)  # executable now
+    assert "must be plain names" in refused([mongo.model_copy(update={"collection": "a.b"})])
+    assert "top-level field" in refused([mongo.model_copy(update={"time_field": "$x"})])
     influx = InfluxTiersRule(
         name="tiers",
         bucket="metrics",
