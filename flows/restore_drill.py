@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from blocks.defaults import resolve_mysql, resolve_store, vibeops_home
 from tasks.drill import (
@@ -28,6 +28,7 @@ from tasks.drill import (
     CopyAttempt,
     DrillMarker,
     DrillRecord,
+    DrillSelection,
     DrillTargets,
     Verdict,
     append_history,
@@ -41,7 +42,6 @@ from tasks.drill import (
     rpo_of,
     rto_breakdown,
     scratch_database_name,
-    validate_backup_selector,
 )
 from tasks.engines import EngineRto, engine_rto_lines, rto_by_engine
 from tasks.errors import (
@@ -51,7 +51,7 @@ from tasks.errors import (
     StorageError,
     VibeOpsError,
 )
-from tasks.manifest import BackupManifest, validate_source_name
+from tasks.manifest import BackupManifest
 from tasks.physical import find_leftover_servers, remove_leftover_server, scratch_servers_root
 from tasks.restore import (
     BackupSearch,
@@ -85,42 +85,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "default"
 
 
-class RestoreDrillParams(BaseModel):
+class RestoreDrillParams(DrillSelection):
     """Parameters of restore-drill (rendered as a form in the Prefect UI)."""
 
     source: str = Field(
         default="vibebench", description="Logical source name: restores mysql/<source>/ backups."
-    )
-    backup: str = Field(
-        default="latest",
-        description="'latest', a backup id (20250101T020000Z-a1b2c3) or a day (2025-01-01).",
-    )
-    store_block: str = Field(
-        default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."
     )
     drill_server_block: str = Field(
         default="",
         description="Name of a 'VibeOps MySQL Connection' block for the drill server; empty = "
         "the local server (the same one the source runs on).",
     )
-    prefer_region: str = Field(
-        default="", description="Region to restore from first; empty = the store's primary."
-    )
-    scratch_database: str = Field(
-        default="",
-        description="Scratch database name; empty = drill_<source>_<backup-id>. Never the source.",
-    )
     keep_hours: int = Field(
         default=0,
         ge=0,
         le=168,
         description="Keep the restored copy this many hours for inspection (0 = drop at once).",
-    )
-    rto_target: timedelta = Field(
-        default=timedelta(minutes=30), description="Recovery time objective (seed: 30 min)."
-    )
-    rpo_target: timedelta = Field(
-        default=timedelta(hours=1), description="Recovery point objective (seed: 1 h)."
     )
     load_connections: int = Field(
         default=2, ge=1, le=16, description="Connections loading rows in parallel (1 = single)."
@@ -129,23 +109,6 @@ class RestoreDrillParams(BaseModel):
         default=DEFAULT_EXPECTATIONS,
         description="YAML expectation suite, relative to the project folder.",
     )
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        return validate_source_name(value)
-
-    @field_validator("backup")
-    @classmethod
-    def _backup(cls, value: str) -> str:
-        return validate_backup_selector(value.strip())
-
-    @field_validator("rto_target", "rpo_target")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("targets must be longer than zero, e.g. PT30M")
-        return value
 
 
 @dataclass

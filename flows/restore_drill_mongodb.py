@@ -18,13 +18,14 @@ from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field
 
 from blocks.defaults import resolve_mongo, resolve_store
 from flows.restore_drill import default_history_path
 from tasks.drill import (
     CopyAttempt,
     DrillRecord,
+    DrillSelection,
     DrillTargets,
     append_history,
     check_scratch_target,
@@ -33,7 +34,6 @@ from tasks.drill import (
     region_try_order,
     rpo_of,
     scratch_database_name,
-    validate_backup_selector,
 )
 from tasks.errors import (
     BackupVerificationError,
@@ -43,7 +43,7 @@ from tasks.errors import (
     StorageError,
     VibeOpsError,
 )
-from tasks.manifest import BackupManifest, validate_source_name
+from tasks.manifest import BackupManifest
 from tasks.mongo import (
     MAX_INSERT_BATCH,
     SYSTEM_DATABASES,
@@ -59,32 +59,15 @@ from tasks.storage import open_store
 ENGINE = "mongo-archive"
 
 
-class RestoreDrillMongoDBParams(BaseModel):
+class RestoreDrillMongoDBParams(DrillSelection):
     """Parameters of restore-drill-mongodb (rendered as a form in the Prefect UI)."""
 
     source: str = Field(
         default="vibebench", description="Logical source name: restores mongodb/<source>/ backups."
     )
-    backup: str = Field(
-        default="latest",
-        description="'latest', a backup id (20250101T020000Z-a1b2c3) or a day (2025-01-01).",
-    )
-    store_block: str = Field(
-        default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."
-    )
     drill_server_block: str = Field(
         default="",
         description="'VibeOps MongoDB Connection' block of the drill server; empty = local.",
-    )
-    prefer_region: str = Field(
-        default="", description="Region to restore from first; empty = the store's primary."
-    )
-    scratch_database: str = Field(
-        default="",
-        description="Scratch database name; empty = drill_<source>_<backup-id>. Never the source.",
-    )
-    rto_target: timedelta = Field(
-        default=timedelta(minutes=30), description="Recovery time objective (seed: 30 min)."
     )
     rpo_target: timedelta = Field(
         default=timedelta(hours=25), description="Recovery point objective (nightly backups)."
@@ -95,23 +78,6 @@ class RestoreDrillMongoDBParams(BaseModel):
         le=MAX_INSERT_BATCH,
         description="Documents per insert while restoring (at most 500).",
     )
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        return validate_source_name(value)
-
-    @field_validator("backup")
-    @classmethod
-    def _backup(cls, value: str) -> str:
-        return validate_backup_selector(value.strip())
-
-    @field_validator("rto_target", "rpo_target")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("targets must be longer than zero, e.g. PT30M")
-        return value
 
 
 @dataclass

@@ -21,10 +21,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from tasks.errors import RestoreTargetRefused
-from tasks.manifest import BACKUP_ID, BackupManifest, TableFacts
+from tasks.manifest import BACKUP_ID, BackupManifest, TableFacts, validate_source_name
 
 DRILL_PREFIX = "drill_"
 MAX_IDENTIFIER = 64
@@ -107,6 +107,52 @@ def region_try_order(regions: Sequence[str], prefer: str | None) -> list[str]:
     if prefer not in regions:
         raise ValueError(f"prefer_region {prefer!r} is not a region of the backup store: {regions}")
     return [prefer, *[r for r in regions if r != prefer]]
+
+
+class DrillSelection(BaseModel):
+    """The parameters every restore drill shares: which backup, from where, against which targets.
+
+    Each store's drill parameters extend it (and may override a default or a description).
+    """
+
+    source: str = Field(default="vibebench", description="Logical source name of the backups.")
+    backup: str = Field(
+        default="latest",
+        description="'latest', a backup id (20250101T020000Z-a1b2c3) or a day (2025-01-01).",
+    )
+    store_block: str = Field(
+        default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."
+    )
+    prefer_region: str = Field(
+        default="", description="Region to restore from first; empty = the store's primary."
+    )
+    scratch_database: str = Field(
+        default="",
+        description="Scratch database name; empty = drill_<source>_<backup-id>. Never the source.",
+    )
+    rto_target: timedelta = Field(
+        default=timedelta(minutes=30), description="Recovery time objective (seed: 30 min)."
+    )
+    rpo_target: timedelta = Field(
+        default=timedelta(hours=1), description="Recovery point objective (seed: 1 h)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return validate_source_name(value)
+
+    @field_validator("backup")
+    @classmethod
+    def _backup(cls, value: str) -> str:
+        return validate_backup_selector(value.strip())
+
+    @field_validator("rto_target", "rpo_target")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("targets must be longer than zero, e.g. PT30M")
+        return value
 
 
 # -- the scratch target ------------------------------------------------------------------------
