@@ -30,7 +30,7 @@ class RetentionPolicy(Block):
     rules: list[Rule] = Field(
         default_factory=seed_rules,
         description="Rules, run in order. Kinds: mysql_table, object_prefix, backups, "
-        "mongodb_collection (influxdb_tiers is modelled; keep it disabled for now).",
+        "mongodb_collection, influxdb_tiers (hot/warm/cold with downsampling).",
     )
     max_delete_fraction: float = Field(
         default=0.5,

@@ -38,9 +38,12 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mongo, resolve_mysql, resolve_store
+from blocks.influx import resolve_influx
 from blocks.mongo import MongoConnection
 from blocks.retention import RetentionPolicy
 from tasks.errors import ConfigurationError, RetentionIncomplete, RetentionPolicyInvalid
+from tasks.influx_retention import InfluxTiersRun, count_tier_points, run_influx_tiers
+from tasks.influx_tiers import plan_tiers_rule
 from tasks.mongo import count_expired_documents, purge_expired_documents
 from tasks.mysql_purge import (
     PurgeProgress,
@@ -58,6 +61,7 @@ from tasks.object_purge import (
 )
 from tasks.retention import (
     BackupRule,
+    InfluxTiersRule,
     MongoCollectionRule,
     MySQLTableRule,
     ObjectPrefixRule,
@@ -122,6 +126,11 @@ class PurgeRetentionParams(BaseModel):
         default="",
         description="'VibeOps MongoDB Connection' block for collection rules; empty = local.",
     )
+    influx_connection_block: str = Field(
+        default="",
+        description="'VibeOps InfluxDB Connection' block for influxdb_tiers rules; empty = "
+        "VIBEOPS_INFLUX_* environment.",
+    )
     protected_backup_ids: list[str] = Field(
         default_factory=list,
         description="Backup ids (or days YYYY-MM-DD) never to archive or delete in this run.",
@@ -174,6 +183,7 @@ def _plan(
     protected: set[str],
     conn: Any,
     mongo: MongoConnection | None = None,
+    influx: InfluxTiersRun | None = None,
 ) -> tuple[list[RulePlan], dict[str, str]]:
     """Gather facts per rule and compute its plan; a rule whose facts fail is recorded."""
     plans: list[RulePlan] = []
@@ -208,6 +218,9 @@ def _plan(
                         params.force,
                     )
                 )  # fmt: skip
+            elif isinstance(rule, InfluxTiersRule):
+                assert influx is not None
+                plans.append(plan_tiers_rule(rule, as_of, count_tier_points(influx, rule)))
             elif isinstance(rule, BackupRule):
                 catalogs = {
                     r: scan_backup_catalog(s, rule.backup_kind, rule.sources)
@@ -289,6 +302,7 @@ def _execute(
     index: int,
     deadline: float,
     mongo: MongoConnection | None = None,
+    influx: InfluxTiersRun | None = None,
 ) -> RuleOutcome:
     started = time.monotonic()
     outcome = RuleOutcome(rule=plan.rule, status="ok")
@@ -315,6 +329,11 @@ def _execute(
         _record_deleted(
             outcome, plan, result.deleted, result.finished, f"rows (cursor {result.cursor})"
         )
+    elif plan.kind == "influxdb_tiers":
+        assert influx is not None
+        rule = next(r for r in policy.rules if r.name == plan.rule)
+        tiers = run_influx_tiers(influx, rule, lambda done: report.update(index, done))
+        outcome.rows_deleted = tiers.deleted
     elif plan.kind == "mongodb_collection":
         assert plan.cutoff is not None and plan.database and plan.table and plan.time_column
         assert mongo is not None
@@ -416,6 +435,9 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
         mongo = None
         if any(isinstance(r, MongoCollectionRule) for r in rules):
             mongo = resolve_mongo(params.mongo_connection_block, field="mongo_connection_block")
+        influx = None
+        if any(isinstance(r, InfluxTiersRule) for r in rules):
+            influx = InfluxTiersRun(resolve_influx(params.influx_connection_block), as_of)
     except (RetentionPolicyInvalid, ConfigurationError) as exc:
         _refuse(policy_name, exc)
         raise
@@ -427,7 +449,7 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
     if any(isinstance(r, BackupRule) for r in rules):
         protected = drill_references(params.protected_backup_ids) | find_drill_references()
     plans, plan_failures = _plan(
-        policy, params, as_of, shapes, stores, classes, protected, conn, mongo
+        policy, params, as_of, shapes, stores, classes, protected, conn, mongo, influx
     )
     plan = RetentionPlan(policy=policy_name, as_of=as_of, rules=plans)
     create_markdown_artifact(
@@ -460,7 +482,7 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
                     outcomes.append(
                         _execute(
                             rule_plan, policy, shapes, stores, classes, conn, report, index,
-                            deadline, mongo,
+                            deadline, mongo, influx,
                         )
                     )  # fmt: skip
                 except Exception as exc:

@@ -82,6 +82,7 @@ def flux_query(
     measurement: str | None = None,
     every: str | None = None,
     fn: str = "mean",
+    time_src: str | None = None,
 ) -> str:
     """`from |> range |> filter? |> aggregateWindow?` (start inclusive, stop exclusive)."""
     parts = [
@@ -91,7 +92,8 @@ def flux_query(
     if measurement is not None:
         parts.append(f"filter(fn: (r) => r._measurement == {flux_string(measurement)})")
     if every is not None:
-        parts.append(f"aggregateWindow(every: {every}, fn: {fn}, createEmpty: false)")
+        source = f'timeSrc: "{time_src}", ' if time_src else ""
+        parts.append(f"aggregateWindow(every: {every}, fn: {fn}, {source}createEmpty: false)")
     return " |> ".join(parts)
 
 
@@ -332,6 +334,11 @@ class InfluxSession:
             counts[row.time_ns][row.measurement] += int(row.value)
         return {k: dict(v) for k, v in counts.items()}
 
+    def first_day_ns(self, bucket: str, stop_ns: int, measurement: str | None = None) -> int | None:
+        """Start of the first UTC day holding a point before `stop_ns` (None: no points)."""
+        daily = self.count_points(bucket, 0, stop_ns, measurement, every="1d")
+        return min(((t - 1) // DAY_NS) * DAY_NS for t in daily) if daily else None
+
     def measurement_counts(
         self, bucket: str, start_ns: int, stop_ns: int, measurement: str | None = None
     ) -> dict[str, int]:
@@ -461,3 +468,33 @@ def digest_bucket(
     for _ in export_lines(session, bucket, start_ns, stop_ns, window_ns, digests):
         pass
     return digests.facts()
+
+
+def downsample_range(
+    session: InfluxSession,
+    source: str,
+    target: str,
+    stop_ns: int,
+    every_seconds: int,
+    measurement: str | None = None,
+    fn: str = "mean",
+) -> int:
+    """Aggregate `source` points before `stop_ns` into `target`, a week of windows per query.
+
+    Windows are epoch-aligned and stamped at their start; with `stop_ns` aligned to the
+    window, re-running writes the same points. Returns the aggregated values written.
+    """
+    first = session.first_day_ns(source, stop_ns, measurement)
+    if first is None:
+        return 0
+    every_ns = every_seconds * NS
+    chunk_ns = every_ns * max(1, (7 * DAY_NS) // every_ns)
+    written = 0
+    every = duration_literal(every_seconds)
+    for lower, upper in windows(first - first % chunk_ns, stop_ns, chunk_ns):
+        query = flux_query(source, lower, upper, measurement, every, fn, time_src="_start")
+        lines = [row.line for row in session.rows(query, source)]
+        for start in range(0, len(lines), 5_000):
+            session.write_lines(target, lines[start : start + 5_000])
+        written += len(lines)
+    return written

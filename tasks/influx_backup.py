@@ -24,7 +24,6 @@ from tasks.compression import EXTENSIONS, decompress_stream
 from tasks.drill import BackupChoice, select_backup
 from tasks.errors import RestoreTargetRefused, StorageError
 from tasks.influx import (
-    DAY_NS,
     ChunkReader,
     Digests,
     InfluxSession,
@@ -80,14 +79,10 @@ def preflight_influx(
     with InfluxSession(conn) as session:
         version = session.server_version()
         session.require_bucket(bucket)
-        daily = session.count_points(bucket, 0, stop_ns, every="1d")
+        first_ns = session.first_day_ns(bucket, stop_ns) or stop_ns
+        points = session.measurement_counts(bucket, 0, stop_ns)
     for store in stores:
         store.check_ready()
-    first_ns = min(((t - 1) // DAY_NS) * DAY_NS for t in daily) if daily else stop_ns
-    points: dict[str, int] = {}
-    for per_measurement in daily.values():
-        for name, count in per_measurement.items():
-            points[name] = points.get(name, 0) + count
     get_run_logger().info(
         "bucket %s on %s (%s): %d measurement(s), %d values since %s; regions %s",
         bucket,

@@ -158,10 +158,16 @@ class InfluxTier(BaseModel):
         default=None, description="Aggregate window when data enters this tier (None = raw)."
     )
     archive: bool = Field(default=False, description="Tier lives in archive storage.")
+    bucket: str | None = Field(
+        default=None,
+        description="Bucket of this tier; empty = the rule's bucket (first tier) or "
+        "<bucket>_<tier name>.",
+    )
 
 
 class InfluxTiersRule(_Rule):
-    """InfluxDB hot/warm/cold tiers with downsampling between them (executor: a later issue)."""
+    """InfluxDB hot/warm/cold tiers: older points are aggregated into the next tier's bucket,
+    then deleted from the younger one (executor: tasks.influx_retention)."""
 
     kind: Literal["influxdb_tiers"] = "influxdb_tiers"
     bucket: str = Field(description="InfluxDB bucket (database/retention policy in 1.x).")
@@ -180,7 +186,13 @@ Rule = Annotated[
     MySQLTableRule | ObjectPrefixRule | BackupRule | MongoCollectionRule | InfluxTiersRule,
     Field(discriminator="kind"),
 ]
-EXECUTABLE_KINDS = ("mysql_table", "object_prefix", "backups", "mongodb_collection")
+EXECUTABLE_KINDS = (
+    "mysql_table",
+    "object_prefix",
+    "backups",
+    "mongodb_collection",
+    "influxdb_tiers",
+)
 
 
 class PolicySpec(BaseModel):
@@ -345,6 +357,11 @@ def _kind_problems(rule: Any) -> list[str]:
                 )
             if tier.downsample_every is not None and tier.downsample_every <= timedelta(0):
                 problems.append(f"rule {name!r}: tier {tier.name!r} downsample_every must be > 0")
+            if previous and tier.downsample_every is None:
+                problems.append(
+                    f"rule {name!r}: tier {tier.name!r} needs downsample_every (e.g. PT1H): "
+                    "data entering it from the previous tier is aggregated"
+                )
             previous = tier.until_days
         if not rule.tiers:
             problems.append(f"rule {name!r}: tiers must list at least one tier")
@@ -375,6 +392,8 @@ def rule_cutoff(rule: Any, now: datetime) -> datetime | None:
     """The instant before which the rule's action applies (None for keep rules)."""
     if isinstance(rule, BackupRule):
         days = rule.archive_after_days or rule.delete_after_days
+    elif isinstance(rule, InfluxTiersRule):
+        days = rule.tiers[0].until_days if rule.tiers else None
     else:
         days = None if getattr(rule, "action", None) == "keep" else rule.older_than_days
     return None if days is None else now - timedelta(days=days)

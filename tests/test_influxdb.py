@@ -16,9 +16,10 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from blocks import BackupStore, InfluxConnection
+from blocks import BackupStore, InfluxConnection, RetentionPolicy
 from flows.backup_influxdb import BackupInfluxParams, backup_influxdb
 from flows.restore_drill_influxdb import RestoreDrillInfluxParams, restore_drill_influxdb
+from flows.retention import PurgeRetentionParams, purge_retention
 from tasks.catalog import scan_backups
 from tasks.errors import (
     DatabaseAuthError,
@@ -29,7 +30,10 @@ from tasks.errors import (
 )
 from tasks.influx import to_ns
 from tasks.influx_backup import restore_influx_copy
+from tasks.influx_retention import InfluxTiersRun, count_tier_points
+from tasks.influx_tiers import plan_tiers_rule
 from tasks.local_stack import free_port
+from tasks.retention import InfluxTier, InfluxTiersRule
 from tasks.storage import open_store
 from tests.fixtures.gcs import gcs_destination
 from tests.helpers import child_argvs, local_store, run_texts, save_block
@@ -286,3 +290,92 @@ def test_token_never_in_argv_logs_artifacts_or_events(
     assert token not in manifest.to_json().decode()
     for path in tmp_path.rglob("*.json"):
         assert token not in path.read_text()
+
+
+# -- retention tiers ----------------------------------------------------------------------------
+
+AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
+HALF_HOUR = 1800 * NS
+DAY = 86_400 * NS
+
+
+def _tiers_rule(bucket: str) -> InfluxTiersRule:
+    return InfluxTiersRule(
+        name="metrics-tiers",
+        bucket=bucket,
+        tiers=[
+            InfluxTier(name="hot", until_days=30),
+            InfluxTier(name="warm", until_days=90, downsample_every=timedelta(hours=1)),
+            InfluxTier(name="cold", until_days=365, downsample_every=timedelta(days=1)),
+        ],
+        delete_after_last_tier=True,
+    )
+
+
+@pytest.fixture
+def tiered_bucket(influx_server: InfluxStandIn) -> str:
+    """400 days before AS_OF: `temp` every 30 min (value k % 7), `load` every hour (k % 5)."""
+    bucket = f"tiers_{uuid.uuid4().hex[:6]}"
+    start = to_ns(AS_OF) - 400 * DAY
+    lines = [f"temp,sensor=s1 value={k % 7}.0 {start + k * HALF_HOUR}" for k in range(400 * 48)]
+    lines += [f"load,host=h1 value={k % 5}.0 {start + k * 2 * HALF_HOUR}" for k in range(400 * 24)]
+    with _conn(influx_server).get_client() as client:
+        client.buckets_api().create_bucket(bucket_name=bucket, org=influx_server.org)
+        writer = client.write_api(write_options=SYNCHRONOUS)
+        for i in range(0, len(lines), 5000):
+            writer.write(bucket, influx_server.org, "\n".join(lines[i : i + 5000]))
+    return bucket
+
+
+def _purge(server: InfluxStandIn, rule: InfluxTiersRule, dry_run: bool):
+    params = PurgeRetentionParams(
+        policy_block=save_block(RetentionPolicy(rules=[rule])),
+        influx_connection_block=save_block(_conn(server)),
+        as_of=AS_OF,
+        dry_run=dry_run,
+    )
+    return purge_retention(params)
+
+
+def test_tiers_plan_dry_run_then_downsample_hot_warm_cold(
+    influx_server: InfluxStandIn, tiered_bucket: str
+) -> None:
+    rule = _tiers_rule(tiered_bucket)
+    run = InfluxTiersRun(_conn(influx_server), AS_OF)
+    counts = count_tier_points.fn(run, rule)
+    assert counts == [{"temp": 370 * 48, "load": 370 * 24}, {}, {}]
+    plan = plan_tiers_rule(rule, AS_OF, counts)
+    assert plan.rows == 370 * 72 and plan.cutoff == AS_OF - timedelta(days=30)
+    before = _series(influx_server, tiered_bucket)
+
+    (dry,) = _purge(influx_server, rule, dry_run=True)
+    assert dry.status == "dry-run"
+    assert _series(influx_server, tiered_bucket) == before
+    assert influx_server.bucket_by_name(f"{tiered_bucket}_warm") is None
+
+    (outcome,) = _purge(influx_server, rule, dry_run=False)
+    assert outcome.status == "ok", outcome.error
+    assert outcome.rows_deleted == 370 * 72 + 310 * 24 * 2 + 35 * 2
+    start, as_of = to_ns(AS_OF) - 400 * DAY, to_ns(AS_OF)
+    hot = _series(influx_server, tiered_bucket)
+    warm = _series(influx_server, f"{tiered_bucket}_warm")
+    cold = _series(influx_server, f"{tiered_bucket}_cold")
+    temp = ("temp", (("sensor", "s1"),), "value")
+    load = ("load", (("host", "h1"),), "value")
+    assert sorted(hot[temp]) == [as_of - 30 * DAY + k * HALF_HOUR for k in range(30 * 48)]
+    assert len(hot[load]) == 30 * 24
+    assert sorted(warm[temp]) == [as_of - 90 * DAY + h * 2 * HALF_HOUR for h in range(60 * 24)]
+    assert len(warm[load]) == 60 * 24
+    assert sorted(cold[temp]) == [as_of - 365 * DAY + d * DAY for d in range(275)]
+    assert len(cold[load]) == 275
+    hour = as_of - 90 * DAY  # hourly mean of the two raw values in that hour
+    k = (hour - start) // HALF_HOUR
+    assert warm[temp][hour] == pytest.approx((k % 7 + (k + 1) % 7) / 2)
+    day = as_of - 365 * DAY  # daily mean of 48 raw values
+    k = (day - start) // HALF_HOUR
+    assert cold[temp][day] == pytest.approx(sum((k + i) % 7 for i in range(48)) / 48)
+
+    assert count_tier_points.fn(run, rule) == [{}, {}, {}]
+    (again,) = _purge(influx_server, rule, dry_run=False)
+    assert again.status == "nothing-to-do"
+    assert _series(influx_server, f"{tiered_bucket}_warm") == warm

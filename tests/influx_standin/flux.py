@@ -32,7 +32,8 @@ FILTER = re.compile(
 )
 AGGREGATE = re.compile(
     r"^aggregateWindow\(\s*every\s*:\s*((?:\d+(?:ns|us|µs|ms|s|m|h|d|w))+)\s*,\s*"
-    r"fn\s*:\s*(mean|max|min|sum|count)\s*,\s*createEmpty\s*:\s*false\s*\)$"
+    r"fn\s*:\s*(mean|max|min|sum|count)\s*,\s*"
+    r"(?:timeSrc\s*:\s*\"(_start|_stop)\"\s*,\s*)?createEmpty\s*:\s*false\s*\)$"
 )
 DURATION_PART = re.compile(r"(\d+)(ns|us|µs|ms|s|m|h|d|w)")
 PREDICATE = re.compile(rf"^\s*(?:_measurement\s*=\s*{STRING})?\s*$")
@@ -50,6 +51,7 @@ class FluxQuery:
     measurement: str | None = None
     every_ns: int | None = None
     fn: str | None = None
+    time_src: str = "_stop"
 
 
 def parse_time(text: str) -> int:
@@ -94,16 +96,18 @@ def parse_query(text: str, now_ns: int) -> FluxQuery:
     start = parse_time(window.group(1))
     stop = parse_time(window.group(2)) if window.group(2) else now_ns
     measurement = every = fn = None
+    time_src = "_stop"
     for stage in stages[2:]:
         if (match := FILTER.match(stage)) and measurement is None and every is None:
             measurement = _unquote(match.group(1))
         elif (match := AGGREGATE.match(stage)) and every is None:
             every, fn = parse_duration(match.group(1)), match.group(2)
+            time_src = match.group(3) or "_stop"
         else:
             raise FluxError(f"unsupported call {stage[:80]!r} in this stand-in's Flux subset")
     if stop <= start:
         raise FluxError("cannot query an empty range: stop must be after start")
-    return FluxQuery(_unquote(first.group(1)), start, stop, measurement, every, fn)
+    return FluxQuery(_unquote(first.group(1)), start, stop, measurement, every, fn, time_src)
 
 
 def parse_predicate(text: str) -> str | None:

@@ -232,7 +232,12 @@ class InfluxStandIn:
         for stamp, value in rows:
             grouped[stamp - stamp % query.every_ns].append(value)
         return [
-            (min(start + query.every_ns, query.stop_ns), _aggregate(query.fn, values))
+            (
+                max(start, query.start_ns)
+                if query.time_src == "_start"
+                else min(start + query.every_ns, query.stop_ns),
+                _aggregate(query.fn, values),
+            )
             for start, values in sorted(grouped.items())
         ]
 
