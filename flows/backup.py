@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mysql, resolve_store
 from tasks.backup import build_manifest, commit_manifest, preflight, stream_dump, verify_backup
+from tasks.backup_stream import RegionCheck
 from tasks.engines import resolve_engine
 from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
 from tasks.mysql import quote_identifier
@@ -88,15 +89,62 @@ def _summary(manifest: BackupManifest, checks: list, seconds: float) -> str:
         f"(from {(data.uncompressed_size or 0) / 1e6:,.1f} MB) |",
         f"| sha256 | `{data.sha256}` |",
         f"| duration | {seconds:.1f} s |",
+    ]
+    return "\n".join(lines + region_rows(checks))
+
+
+def region_rows(checks: list[RegionCheck]) -> list[str]:
+    """The report's table of verified copies, one row per region."""
+    return [
         "",
         "| region | object | verified |",
         "|---|---|---|",
+        *[
+            f"| {c.region} | {c.uri} | size+sha256{' + full decompress' if c.decompressed else ''} |"
+            for c in checks
+        ],
     ]
-    lines += [
-        f"| {c.region} | {c.uri} | size+sha256{' + full decompress' if c.decompressed else ''} |"
-        for c in checks
-    ]
-    return "\n".join(lines)
+
+
+def backup_resource(kind: str, source: str) -> dict[str, str]:
+    """The Prefect event resource of one source's backups."""
+    return {
+        "prefect.resource.id": f"vibeops.backup.{kind}.{source}",
+        "prefect.resource.name": source,
+    }
+
+
+def backup_artifact_key(kind: str, source: str) -> str:
+    """`backup-<kind>-<source>` in the characters artifact keys allow."""
+    return f"backup-{kind}-{source.replace('_', '-').replace('.', '-').lower()}"
+
+
+def publish_backup_failure(
+    kind: str,
+    source: str,
+    database: str,
+    backup_id: str,
+    exc: Exception,
+    payload: dict[str, str],
+) -> None:
+    """The failed event and the FAILED report of a backup that wrote no manifest."""
+    emit_event(
+        event="vibeops.backup.failed",
+        resource=backup_resource(kind, source),
+        payload={
+            "backup_id": backup_id,
+            **payload,
+            "error": type(exc).__name__,
+            "message": str(exc)[:500],
+        },
+    )
+    create_markdown_artifact(
+        key=backup_artifact_key(kind, source),
+        markdown=f"# Backup `{backup_id}` of `{database}` ({kind}) — FAILED\n\n"
+        f"`{type(exc).__name__}`: {exc}\n\nNo manifest was written: nothing to restore "
+        "from this run.",
+        description=f"backup-{kind} result",
+    )
 
 
 @flow(
@@ -120,10 +168,6 @@ def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
     stores = [open_store(d) for d in store_block.destinations]
     backup_id = new_backup_id(started)
     prefix = backup_prefix("mysql", params.source, backup_id)
-    resource = {
-        "prefect.resource.id": f"vibeops.backup.mysql.{params.source}",
-        "prefect.resource.name": params.source,
-    }
     try:
         with tags(f"db:{conn.host}:{conn.port}"):
             facts = preflight(conn, params.database, stores, engine)
@@ -155,33 +199,19 @@ def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
             )
             commit_manifest(stores, manifest)
     except Exception as exc:
-        emit_event(
-            event="vibeops.backup.failed",
-            resource=resource,
-            payload={
-                "backup_id": backup_id,
-                "engine": engine,
-                "error": type(exc).__name__,
-                "message": str(exc)[:500],
-            },
-        )
-        create_markdown_artifact(
-            key=f"backup-mysql-{params.source.replace('_', '-').replace('.', '-').lower()}",
-            markdown=f"# Backup `{backup_id}` of `{params.database}` — FAILED\n\n"
-            f"`{type(exc).__name__}`: {exc}\n\nNo manifest was written: nothing to restore "
-            "from this run.",
-            description="backup-mysql result",
+        publish_backup_failure(
+            "mysql", params.source, params.database, backup_id, exc, {"engine": engine}
         )
         raise
     seconds = (manifest.finished_at - started).total_seconds()
     create_markdown_artifact(
-        key=f"backup-mysql-{params.source.replace('_', '-').replace('.', '-').lower()}",
+        key=backup_artifact_key("mysql", params.source),
         markdown=_summary(manifest, checks, seconds),
         description="backup-mysql result",
     )
     emit_event(
         event="vibeops.backup.succeeded",
-        resource=resource,
+        resource=backup_resource("mysql", params.source),
         payload={
             "backup_id": manifest.backup_id,
             "engine": manifest.engine,

@@ -12,6 +12,12 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mongo, resolve_store
+from flows.backup import (
+    backup_artifact_key,
+    backup_resource,
+    publish_backup_failure,
+    region_rows,
+)
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
@@ -71,15 +77,8 @@ def _summary(manifest: BackupManifest, checks: list[RegionCheck], seconds: float
         "| collection | documents | content sha256 |",
         "|---|---:|---|",
         *[f"| {n} | {t.rows:,} | `{(t.sha256 or '')[:16]}…` |" for n, t in manifest.tables.items()],
-        "",
-        "| region | object | verified |",
-        "|---|---|---|",
     ]
-    lines += [
-        f"| {c.region} | {c.uri} | size+sha256{' + full decompress' if c.decompressed else ''} |"
-        for c in checks
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + region_rows(checks))
 
 
 @flow(
@@ -100,11 +99,6 @@ def backup_mongodb(params: BackupMongoDBParams | None = None) -> BackupManifest:
     stores = [open_store(d) for d in resolve_store(params.store_block).destinations]
     backup_id = new_backup_id(started)
     prefix = backup_prefix("mongodb", params.source, backup_id)
-    resource = {
-        "prefect.resource.id": f"vibeops.backup.mongodb.{params.source}",
-        "prefect.resource.name": params.source,
-    }
-    artifact_key = f"backup-mongodb-{params.source.replace('_', '-').replace('.', '-').lower()}"
     try:
         with tags(f"db:{conn.host}:{conn.port}"):
             facts = preflight_mongo(conn, params.database, stores)
@@ -134,33 +128,19 @@ def backup_mongodb(params: BackupMongoDBParams | None = None) -> BackupManifest:
             )
             commit_manifest(stores, manifest)
     except Exception as exc:
-        emit_event(
-            event="vibeops.backup.failed",
-            resource=resource,
-            payload={
-                "kind": "mongodb",
-                "backup_id": backup_id,
-                "error": type(exc).__name__,
-                "message": str(exc)[:500],
-            },
-        )
-        create_markdown_artifact(
-            key=artifact_key,
-            markdown=f"# MongoDB backup `{backup_id}` of `{params.database}` — FAILED\n\n"
-            f"`{type(exc).__name__}`: {exc}\n\nNo manifest was written: nothing to restore "
-            "from this run.",
-            description="backup-mongodb result",
+        publish_backup_failure(
+            "mongodb", params.source, params.database, backup_id, exc, {"kind": "mongodb"}
         )
         raise
     seconds = (manifest.finished_at - started).total_seconds()
     create_markdown_artifact(
-        key=artifact_key,
+        key=backup_artifact_key("mongodb", params.source),
         markdown=_summary(manifest, checks, seconds),
         description="backup-mongodb result",
     )
     emit_event(
         event="vibeops.backup.succeeded",
-        resource=resource,
+        resource=backup_resource("mongodb", params.source),
         payload={
             "kind": "mongodb",
             "backup_id": manifest.backup_id,
