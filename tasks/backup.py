@@ -115,10 +115,10 @@ def _dump_error(stderr: bytes, returncode: int, database: str) -> Exception:
 class _Progress:
     """Throttled progress: a Prefect progress artifact and, on a terminal, a bar."""
 
-    def __init__(self, expected_bytes: int, label: str) -> None:
+    def __init__(self, expected_bytes: int, label: str, verb: str = "Dumping") -> None:
         self.expected = max(expected_bytes, 1)
         self.last = 0.0
-        self.artifact_id = create_progress_artifact(progress=0.0, description=f"Dumping {label}")
+        self.artifact_id = create_progress_artifact(progress=0.0, description=f"{verb} {label}")
         self.bar = None
         if sys.stderr.isatty():
             from rich.progress import Progress

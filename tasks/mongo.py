@@ -364,8 +364,10 @@ def restore_archive(
     store: ObjectStore,
     drill_marker: dict[str, Any],
     batch_size: int = MAX_INSERT_BATCH,
+    on_progress: Callable[[int], None] | None = None,
 ) -> MongoRestoreStats:
-    """Stream one region's archive into `scratch` in batches of at most 500 documents.
+    """Stream one region's archive into `scratch` in batches of at most 500 documents;
+    `on_progress` gets the archive bytes loaded so far.
 
     Raises:
         RestoreTargetRefused: `scratch` is the backup's source database or a system database.
@@ -397,6 +399,8 @@ def restore_archive(
                 if name != current or len(batch) >= batch_size:
                     _insert(db, current, batch)
                     batch, current = [], name
+                    if on_progress is not None:
+                        on_progress(stats.uncompressed_bytes)
                 batch.append(RawBSONDocument(raw, RAW))
                 stats.documents += 1
                 stats.uncompressed_bytes += len(raw)
@@ -476,7 +480,13 @@ def restore_mongo_copy(
     batch_size: int = MAX_INSERT_BATCH,
 ) -> MongoRestoreStats:
     """Restore one region's copy into `scratch` (see restore_archive)."""
-    stats = restore_archive(conn, scratch, manifest, store, drill_marker, batch_size)
+    progress = _Progress(manifest.objects[0].uncompressed_size or 1, scratch, "Restoring into")
+    try:
+        stats = restore_archive(
+            conn, scratch, manifest, store, drill_marker, batch_size, on_progress=progress
+        )
+    finally:
+        progress.close()
     get_run_logger().info(
         "restored %d documents into %s from %s in %.1f s",
         stats.documents,
