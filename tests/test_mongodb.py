@@ -362,3 +362,36 @@ def test_purge_refuses_a_missing_collection_and_a_too_large_share(
     assert plan.refused and "max_delete_fraction" in plan.refused
     with pytest.raises(RetentionPolicyInvalid, match="fix the rule's database/collection"):
         count_expired_documents(mongo_conn, mongo_database, "nope", "created_at", cutoff)
+
+
+def test_standin_answers_real_mongodb_error_documents(mongo_conn: MongoConnection) -> None:
+    from pymongo import MongoClient
+    from pymongo.errors import DuplicateKeyError, OperationFailure
+
+    def code_of(call) -> tuple[int | None, str | None]:
+        with pytest.raises(OperationFailure) as info:
+            call()
+        return info.value.code, (info.value.details or {}).get("codeName")
+
+    anonymous = MongoClient(mongo_conn.host, mongo_conn.port, serverSelectionTimeoutMS=3000)
+    with anonymous, mongo_conn.client() as client:
+        assert code_of(lambda: anonymous.vb.c.find_one()) == (13, "Unauthorized")
+        assert code_of(lambda: client.vb.command("noSuchCommand")) == (59, "CommandNotFound")
+        assert code_of(lambda: client.vb.command("listIndexes", "missing")) == (
+            26,
+            "NamespaceNotFound",
+        )
+        db = client[f"t_{uuid.uuid4().hex[:8]}"]
+        try:
+            db.c.insert_one({"_id": 1})
+            with pytest.raises(DuplicateKeyError):
+                db.c.insert_one({"_id": 1})
+            db.c.insert_many([{"_id": i + 2, "v": i} for i in range(250)])
+            cursor = db.c.find({"v": {"$gte": 10, "$lt": 240}}, batch_size=7).sort("v", -1)
+            assert [d["v"] for d in cursor] == list(range(239, 9, -1))  # many getMores
+            assert db.c.count_documents({"v": {"$in": [1, 2, 999]}}) == 2
+            assert db.c.delete_one({"v": {"$gt": 100}}).deleted_count == 1
+            db.command("createUser", "reader", pwd="r-pw", roles=[])
+            assert db.command("usersInfo", "reader")["users"][0]["user"] == "reader"
+        finally:
+            client.drop_database(db.name)
