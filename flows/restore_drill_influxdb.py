@@ -45,6 +45,7 @@ from tasks.errors import (
 from tasks.influx_backup import (
     InfluxBackupSearch,
     InfluxRestoreStats,
+    check_scratch_absent,
     check_scratch_bucket,
     drop_scratch_bucket,
     find_influx_backup,
@@ -175,6 +176,7 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams | None = None) -> Dr
                 params.source, manifest.backup_id
             )
             check_scratch_bucket(scratch, manifest.database)
+            check_scratch_absent(conn, scratch)
             drill.scratch = scratch
             for region in drill.search.choice.regions:
                 clock = time.perf_counter()

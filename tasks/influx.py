@@ -67,8 +67,8 @@ def rfc3339(ns: int) -> str:
 def parse_rfc3339(text: str) -> int:
     """RFC3339 (as Flux prints it, `Z`, up to 9 fraction digits) to ns since the epoch."""
     base, _, rest = text.rstrip("Z").partition(".")
-    moment = datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return to_ns(moment) + int(rest.ljust(9, "0")[:9] or 0)
+    seconds = int(datetime.fromisoformat(base + "+00:00").timestamp())
+    return seconds * NS + int(rest.ljust(9, "0")[:9] or 0)
 
 
 def flux_string(value: str) -> str:

@@ -221,6 +221,17 @@ def check_scratch_bucket(name: str, source_bucket: str) -> str:
     return name
 
 
+@io_task("check-influxdb-scratch-bucket", retries=2, backoff=2)
+def check_scratch_absent(conn: InfluxConnection, scratch: str) -> None:
+    """Refuse a scratch bucket that already exists: it is not this drill's to replace."""
+    with InfluxSession(conn) as session:
+        if session.bucket_exists(scratch):
+            raise RestoreTargetRefused(
+                f"scratch_bucket {scratch!r} already exists on {conn.url} (a crashed drill's or "
+                "someone else's); choose another scratch_bucket or delete that bucket by hand"
+            )
+
+
 @dataclass(frozen=True)
 class InfluxBackupSearch:
     choice: BackupChoice | None

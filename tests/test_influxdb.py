@@ -259,6 +259,16 @@ def test_drill_refuses_the_source_bucket_and_misses_a_target_loudly(
     exc = _state_exception(state)
     assert isinstance(exc, RestoreTargetRefused) and "scratch_bucket" in str(exc), exc
     assert _series(influx_server, bucket) == before
+    taken = f"drill_taken_{uuid.uuid4().hex[:6]}"
+    with _conn(influx_server).get_client() as client:
+        client.buckets_api().create_bucket(bucket_name=taken, org=influx_server.org)
+        client.write_api(write_options=SYNCHRONOUS).write(taken, influx_server.org, "keep x=1i 1")
+    state = restore_drill_influxdb(
+        RestoreDrillInfluxParams(**params, scratch_bucket=taken), return_state=True
+    )
+    exc = _state_exception(state)
+    assert isinstance(exc, RestoreTargetRefused) and "already exists" in str(exc), exc
+    assert influx_server.points(taken) == 1, "a bucket the drill did not create is left alone"
     state = restore_drill_influxdb(
         RestoreDrillInfluxParams(**params, rpo_target=timedelta(microseconds=1)), return_state=True
     )

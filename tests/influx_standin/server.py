@@ -10,6 +10,7 @@ users and permissions (one all-access token), tasks, dashboards.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import gzip
 import io
@@ -91,6 +92,7 @@ class InfluxStandIn:
         self.buckets: dict[str, dict[str, Any]] = {}
         self.series: dict[str, dict[SeriesKey, dict[int, FieldValue]]] = {}
         self.lock = threading.RLock()
+        self._sorted: dict[tuple[str, SeriesKey], list[int]] = {}
         self.requests: list[tuple[str, str]] = []
         self._server: ThreadingHTTPServer | None = None
 
@@ -165,6 +167,7 @@ class InfluxStandIn:
             for measurement, tags, fields, stamp in parsed:
                 for field, value in fields.items():
                     store[(measurement, tags, field)][stamp] = value
+                    self._sorted.pop((bucket_id, (measurement, tags, field)), None)
 
     def delete(self, bucket_id: str, start: int, stop: int, measurement: str | None) -> None:
         with self.lock:
@@ -175,6 +178,7 @@ class InfluxStandIn:
                 values = store[key]
                 for stamp in [t for t in values if start <= t <= stop]:
                     del values[stamp]
+                self._sorted.pop((bucket_id, key), None)
                 if not values:
                     del store[key]
 
@@ -188,13 +192,8 @@ class InfluxStandIn:
                     f'failed to initialize execute state: could not find bucket "{query.bucket}"',
                 )
             selected = [
-                (
-                    key,
-                    sorted(
-                        (t, v) for t, v in values.items() if query.start_ns <= t < query.stop_ns
-                    ),
-                )
-                for key, values in sorted(self.series[bucket["id"]].items())
+                (key, self._slice(bucket["id"], key, query.start_ns, query.stop_ns))
+                for key in sorted(self.series[bucket["id"]])
                 if query.measurement is None or key[0] == query.measurement
             ]
         out = io.StringIO()
@@ -222,6 +221,17 @@ class InfluxStandIn:
             writer.writerow([])
             table += 1
         return out.getvalue() or "\r\n"
+
+    def _slice(
+        self, bucket_id: str, key: SeriesKey, start: int, stop: int
+    ) -> list[tuple[int, FieldValue]]:
+        """(time, value) of one series with start <= time < stop (sorted times cached)."""
+        values = self.series[bucket_id][key]
+        cached = self._sorted.get((bucket_id, key))
+        if cached is None or len(cached) != len(values):
+            cached = self._sorted[(bucket_id, key)] = sorted(values)
+        times = cached[bisect.bisect_left(cached, start) : bisect.bisect_left(cached, stop)]
+        return [(t, values[t]) for t in times]
 
     @staticmethod
     def _windows(
