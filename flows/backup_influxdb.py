@@ -12,6 +12,12 @@ from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_store
 from blocks.influx import resolve_influx
+from flows.backup import (
+    backup_artifact_key,
+    backup_resource,
+    publish_backup_failure,
+    region_rows,
+)
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.influx_backup import (
@@ -62,10 +68,6 @@ class BackupInfluxParams(BaseModel):
         return value
 
 
-def artifact_key(source: str) -> str:
-    return f"backup-influxdb-{source.replace('_', '-').replace('.', '-').lower()}"
-
-
 def _summary(manifest: BackupManifest, checks: list[RegionCheck], seconds: float) -> str:
     data = manifest.objects[0]
     details = manifest.influxdb
@@ -90,12 +92,7 @@ def _summary(manifest: BackupManifest, checks: list[RegionCheck], seconds: float
         f"| `{name}` | {m.points:,} | `{m.sha256[:16]}…` |"
         for name, m in details.measurements.items()
     ]
-    lines += ["", "| region | object | verified |", "|---|---|---|"]
-    lines += [
-        f"| {c.region} | {c.uri} | size+sha256{' + full decompress' if c.decompressed else ''} |"
-        for c in checks
-    ]
-    return "\n".join(lines)
+    return "\n".join(lines + region_rows(checks))
 
 
 @flow(
@@ -117,10 +114,6 @@ def backup_influxdb(params: BackupInfluxParams | None = None) -> BackupManifest:
     stores = [open_store(d) for d in resolve_store(params.store_block).destinations]
     backup_id = new_backup_id(started)
     prefix = backup_prefix(KIND, params.source, backup_id)
-    resource = {
-        "prefect.resource.id": f"vibeops.backup.influxdb.{params.source}",
-        "prefect.resource.name": params.source,
-    }
     try:
         with tags(f"influx:{conn.url}"):
             facts = preflight_influx(conn, params.bucket, stores, started)
@@ -149,33 +142,17 @@ def backup_influxdb(params: BackupInfluxParams | None = None) -> BackupManifest:
             )
             commit_manifest(stores, manifest)
     except Exception as exc:
-        emit_event(
-            event="vibeops.backup.failed",
-            resource=resource,
-            payload={
-                "backup_id": backup_id,
-                "kind": KIND,
-                "error": type(exc).__name__,
-                "message": str(exc)[:500],
-            },
-        )
-        create_markdown_artifact(
-            key=artifact_key(params.source),
-            markdown=f"# Backup `{backup_id}` of bucket `{params.bucket}` — FAILED\n\n"
-            f"`{type(exc).__name__}`: {exc}\n\nNo manifest was written: nothing to restore "
-            "from this run.",
-            description="backup-influxdb result",
-        )
+        publish_backup_failure(KIND, params.source, params.bucket, backup_id, exc, {"kind": KIND})
         raise
     seconds = (manifest.finished_at - started).total_seconds()
     create_markdown_artifact(
-        key=artifact_key(params.source),
+        key=backup_artifact_key(KIND, params.source),
         markdown=_summary(manifest, checks, seconds),
         description="backup-influxdb result",
     )
     emit_event(
         event="vibeops.backup.succeeded",
-        resource=resource,
+        resource=backup_resource(KIND, params.source),
         payload={
             "backup_id": manifest.backup_id,
             "kind": KIND,

@@ -499,3 +499,73 @@ class CopyAttempt:
     detail: str = ""
     objects: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+# -- the record of a finished drill (shared by the per-store drills) ---------------------------
+
+
+@dataclass
+class DrillFacts:
+    """What a drill learned, in the terms every store shares."""
+
+    source: str
+    targets: DrillTargets
+    started: datetime
+    manifest: BackupManifest | None = None
+    attempts: list[CopyAttempt] = field(default_factory=list)
+    unreachable: Iterable[str] = ()
+    validated_at: datetime | None = None
+    problems: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    rows: int | None = None
+    bytes: int | None = None
+
+
+def drill_record(
+    facts: DrillFacts, finished: datetime, flow_run_id: str = "", flow_run_name: str | None = None
+) -> tuple[DrillRecord, Verdict]:
+    """The verdict and history record of a drill: RTO counts only a validated restore."""
+    rto = facts.validated_at - facts.started if facts.validated_at and not facts.problems else None
+    rpo = rpo_of(facts.started, facts.manifest.consistent_at) if facts.manifest else None
+    verdict = judge(facts.targets, rto, rpo, facts.problems)
+    record = DrillRecord(
+        source=facts.source,
+        flow_run_id=flow_run_id,
+        flow_run_name=flow_run_name,
+        backup_id=facts.manifest.backup_id if facts.manifest else None,
+        engine=facts.manifest.engine if facts.manifest else None,
+        region=next((a.region for a in facts.attempts if a.outcome == "restored"), None),
+        corrupt_regions=[a.region for a in facts.attempts if a.outcome == "corrupt"],
+        unreachable_regions=sorted(
+            {a.region for a in facts.attempts if a.outcome == "unreachable"}
+            | set(facts.unreachable)
+        ),
+        started_at=facts.started,
+        finished_at=finished,
+        rto_seconds=rto.total_seconds() if rto else None,
+        rpo_seconds=rpo.total_seconds() if rpo is not None else None,
+        rto_target_seconds=facts.targets.rto.total_seconds(),
+        rpo_target_seconds=facts.targets.rpo.total_seconds(),
+        passed=verdict.passed,
+        reasons=list(verdict.reasons),
+        rows=facts.rows,
+        bytes=facts.bytes,
+        phases={k: round(v, 3) for k, v in facts.phases.items()},
+    )
+    return record, verdict
+
+
+def drill_event_payload(kind: str, record: DrillRecord) -> dict[str, object]:
+    """The payload of `vibeops.drill.passed` / `.failed`."""
+    return {
+        "kind": kind,
+        "backup_id": record.backup_id,
+        "region": record.region,
+        "rto_seconds": record.rto_seconds,
+        "rpo_seconds": record.rpo_seconds,
+        "rto_target_seconds": record.rto_target_seconds,
+        "rpo_target_seconds": record.rpo_target_seconds,
+        "corrupt_regions": record.corrupt_regions,
+        "unreachable_regions": record.unreachable_regions,
+        "reasons": record.reasons[:10],
+    }

@@ -210,12 +210,12 @@ def check_scratch_bucket(name: str, source_bucket: str) -> str:
     """Return `name` if a drill may restore into it, else raise RestoreTargetRefused."""
     if name == source_bucket:
         raise RestoreTargetRefused(
-            f"scratch_bucket {name!r} is the source bucket; a drill restores only into a bucket of "
-            "its own: leave scratch_bucket empty (drill_<source>_<backup-id>)"
+            f"scratch_database {name!r} is the source bucket; a drill restores only into a bucket of "
+            "its own: leave scratch_database empty (drill_<source>_<backup-id>)"
         )
     if not SCRATCH_NAME.match(name):
         raise RestoreTargetRefused(
-            f"scratch_bucket {name!r} is not a drill name: use 'drill_' followed by 1-58 "
+            f"scratch_database {name!r} is not a drill bucket name: use 'drill_' followed by 1-58 "
             "lower-case letters, digits or '_' (or leave it empty)"
         )
     return name
@@ -227,8 +227,8 @@ def check_scratch_absent(conn: InfluxConnection, scratch: str) -> None:
     with InfluxSession(conn) as session:
         if session.bucket_exists(scratch):
             raise RestoreTargetRefused(
-                f"scratch_bucket {scratch!r} already exists on {conn.url} (a crashed drill's or "
-                "someone else's); choose another scratch_bucket or delete that bucket by hand"
+                f"scratch_database {scratch!r} already exists on {conn.url} (a crashed drill's or "
+                "someone else's); choose another scratch_database or delete that bucket by hand"
             )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -51,6 +52,24 @@ def run_texts(flow_run_id: uuid.UUID) -> str:
     parts += [str(a.data) + str(a.description) for a in artifacts]
     parts.append(response.text)
     return "\n".join(parts)
+
+
+def events_of(name: str, flow_run_id: uuid.UUID, attempts: int = 60) -> list[dict]:
+    """Events called `name` related to one flow run (they arrive asynchronously: poll briefly)."""
+    body = {
+        "filter": {
+            "event": {"name": [name]},
+            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        },
+        "limit": 10,
+    }
+    with get_client(sync_client=True) as client:
+        for _ in range(attempts):
+            events = client.request("POST", "/events/filter", json=body).json()["events"]
+            if events:
+                return list(events)
+            time.sleep(0.25)
+    return []
 
 
 def artifacts_of(flow_run_id: uuid.UUID) -> list:

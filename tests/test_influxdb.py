@@ -4,7 +4,6 @@ against the in-memory API stand-in (tests/influx_standin)."""
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,6 @@ import pytest
 from influxdb_client import Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from prefect import flow
-from prefect.client.orchestration import get_client
 
 from blocks import BackupStore, InfluxConnection, RetentionPolicy
 from flows.backup_influxdb import BackupInfluxParams, backup_influxdb
@@ -36,7 +34,7 @@ from tasks.local_stack import free_port
 from tasks.retention import InfluxTier, InfluxTiersRule
 from tasks.storage import open_store
 from tests.fixtures.gcs import gcs_destination
-from tests.helpers import child_argvs, local_store, run_texts, save_block
+from tests.helpers import child_argvs, events_of, local_store, run_texts, save_block
 from tests.influx_standin import InfluxStandIn
 
 NS = 1_000_000_000
@@ -110,21 +108,7 @@ def _backup(
 
 
 def _event_payloads(name: str, flow_run_id: uuid.UUID) -> list[dict]:
-    """Payloads of one run's events called `name` (events arrive asynchronously: poll)."""
-    body = {
-        "filter": {
-            "event": {"name": [name]},
-            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
-        },
-        "limit": 10,
-    }
-    with get_client(sync_client=True) as client:
-        for _ in range(60):
-            events = client.request("POST", "/events/filter", json=body).json()["events"]
-            if events:
-                return [e["payload"] for e in events]
-            time.sleep(0.25)
-    return []
+    return [event["payload"] for event in events_of(name, flow_run_id)]
 
 
 def _state_exception(state) -> BaseException:
@@ -254,17 +238,17 @@ def test_drill_refuses_the_source_bucket_and_misses_a_target_loudly(
         connection_block=save_block(_conn(influx_server)),
     )
     state = restore_drill_influxdb(
-        RestoreDrillInfluxParams(**params, scratch_bucket=bucket), return_state=True
+        RestoreDrillInfluxParams(**params, scratch_database=bucket), return_state=True
     )
     exc = _state_exception(state)
-    assert isinstance(exc, RestoreTargetRefused) and "scratch_bucket" in str(exc), exc
+    assert isinstance(exc, RestoreTargetRefused) and "scratch_database" in str(exc), exc
     assert _series(influx_server, bucket) == before
     taken = f"drill_taken_{uuid.uuid4().hex[:6]}"
     with _conn(influx_server).get_client() as client:
         client.buckets_api().create_bucket(bucket_name=taken, org=influx_server.org)
         client.write_api(write_options=SYNCHRONOUS).write(taken, influx_server.org, "keep x=1i 1")
     state = restore_drill_influxdb(
-        RestoreDrillInfluxParams(**params, scratch_bucket=taken), return_state=True
+        RestoreDrillInfluxParams(**params, scratch_database=taken), return_state=True
     )
     exc = _state_exception(state)
     assert isinstance(exc, RestoreTargetRefused) and "already exists" in str(exc), exc
