@@ -290,9 +290,15 @@ def restore_influx_copy(
     with InfluxSession(conn) as session:
         session.delete_bucket(scratch)
         session.create_bucket(scratch)
-        with store.open_reader(key) as raw:
-            chunks = decompress_stream(manifest.codec, iter(lambda: raw.read(1 << 20), b""))
-            points = load_lines(session, scratch, ChunkReader(chunks), batch_lines)
+        progress = _Progress(manifest.total_rows, f"{manifest.database} into {scratch}", "Loading")
+        try:
+            with store.open_reader(key) as raw:
+                chunks = decompress_stream(manifest.codec, iter(lambda: raw.read(1 << 20), b""))
+                points = load_lines(
+                    session, scratch, ChunkReader(chunks), batch_lines, on_batch=progress
+                )
+        finally:
+            progress.close()
     get_run_logger().info("loaded %d values from %s into %s", points, store.uri(key), scratch)
     return InfluxRestoreStats(
         store.region, points, data.size, verified - clock, time.perf_counter() - verified

@@ -3,6 +3,7 @@ against the in-memory API stand-in (tests/influx_standin)."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -25,13 +26,14 @@ from tasks.errors import (
     DatabaseUnreachable,
     DrillFailed,
     RestoreTargetRefused,
+    RetentionPolicyInvalid,
 )
 from tasks.influx import to_ns
 from tasks.influx_backup import restore_influx_copy
 from tasks.influx_retention import InfluxTiersRun, count_tier_points
-from tasks.influx_tiers import plan_tiers_rule
+from tasks.influx_tiers import plan_tiers_rule, tier_steps
 from tasks.local_stack import free_port
-from tasks.retention import InfluxTier, InfluxTiersRule
+from tasks.retention import InfluxTier, InfluxTiersRule, PolicySpec, validate_policy
 from tasks.storage import open_store
 from tests.fixtures.gcs import gcs_destination
 from tests.helpers import child_argvs, events_of, local_store, run_texts, save_block
@@ -373,3 +375,41 @@ def test_tiers_plan_dry_run_then_downsample_hot_warm_cold(
     (again,) = _purge(influx_server, rule, dry_run=False)
     assert again.status == "nothing-to-do"
     assert _series(influx_server, f"{tiered_bucket}_warm") == warm
+
+
+def test_tier_steps_align_cutoffs_and_need_downsampling() -> None:
+    rule = _tiers_rule("metrics")
+    now = datetime(2026, 3, 1, 13, 45, tzinfo=UTC)
+    steps = tier_steps(rule, now)
+    assert [(s.action, s.source_bucket, s.target_bucket) for s in steps] == [
+        ("downsample", "metrics", "metrics_warm"),
+        ("downsample", "metrics_warm", "metrics_cold"),
+        ("delete", "metrics_cold", None),
+    ]
+    assert steps[0].cutoff == datetime(2026, 1, 30, 13, 0, tzinfo=UTC)  # floored to 1 h
+    assert steps[1].cutoff == datetime(2025, 12, 1, tzinfo=UTC)  # floored to 1 d
+    assert steps[2].cutoff == now - timedelta(days=365)
+    raw_warm = rule.model_copy(
+        update={
+            "tiers": [rule.tiers[0], rule.tiers[1].model_copy(update={"downsample_every": None})]
+        }
+    )
+    with pytest.raises(RetentionPolicyInvalid, match="needs downsample_every"):
+        validate_policy(PolicySpec(rules=[raw_warm]), now, now)
+
+
+def test_standin_answers_like_influxdb_2(influx_server: InfluxStandIn) -> None:
+    from influxdb_client.rest import ApiException
+
+    with _conn(influx_server).get_client() as client:
+        with pytest.raises(ApiException) as info:
+            client.query_api().query('from(bucket: "x") |> range(start: -1h)')
+        assert info.value.status == 400 and b"compilation failed" in info.value.body
+    with _conn(influx_server, token="nope").get_client() as client:
+        with pytest.raises(ApiException) as info:
+            client.buckets_api().find_buckets()
+        assert info.value.status == 401
+        assert json.loads(info.value.body) == {
+            "code": "unauthorized",
+            "message": "unauthorized access",
+        }
