@@ -390,8 +390,15 @@ def export_lines(
     digests: Digests,
     measurement: str | None = None,
 ) -> Iterator[bytes]:
-    """The bucket's points as line protocol, one window at a time, sorted by (time, line)."""
-    for lower, upper in windows(start_ns, stop_ns, window_ns):
+    """The bucket's points as line protocol, one window at a time, sorted by (time, line).
+
+    One count query first finds the windows holding points; only those are read.
+    """
+    counts = session.count_points(
+        bucket, start_ns, stop_ns, measurement, every=duration_literal(window_ns // NS)
+    )
+    busy = sorted({((t - 1) // window_ns) * window_ns for t in counts})
+    for lower, upper in ((max(b, start_ns), min(b + window_ns, stop_ns)) for b in busy):
         batch = sorted(
             (row.time_ns, row.measurement, row.line)
             for row in session.rows(flux_query(bucket, lower, upper, measurement), bucket)
