@@ -13,7 +13,7 @@ import hashlib
 import io
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -25,6 +25,30 @@ from tasks.storage import ObjectStore, ObjectWriter
 READ_SIZE = 1 << 20
 QUEUE_DEPTH = 4
 _DONE = object()
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (a dump generated in Python, a
+    decompressed download, tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._view = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
+        while not len(self._view):
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._view = memoryview(chunk)
+        count = min(len(buffer), len(self._view))
+        buffer[:count] = self._view[:count]
+        self._view = self._view[count:]
+        return count
 
 
 @dataclass(frozen=True)

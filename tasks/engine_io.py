@@ -13,7 +13,6 @@ another region) from a bad backup (RestoreLoadError).
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Iterator
 from typing import IO, Protocol
@@ -88,29 +87,6 @@ def stream_engine_backup(
 
 
 # -- restores ----------------------------------------------------------------------------------
-
-
-class ChunkReader(io.RawIOBase):
-    """A readable file over an iterator of byte chunks (for tarfile's stream mode)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._view = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
-        while not len(self._view):
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._view = memoryview(chunk)
-        count = min(len(buffer), len(self._view))
-        buffer[:count] = self._view[:count]
-        self._view = self._view[count:]
-        return count
 
 
 class RestoreTimes(Protocol):

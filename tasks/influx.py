@@ -410,32 +410,6 @@ def export_lines(
         yield "".join(f"{line}\n" for _, _, line in batch).encode()
 
 
-class ChunkReader:
-    """A read()-able file over an iterator of byte chunks (what stream_to_stores reads)."""
-
-    def __init__(
-        self, chunks: Iterator[bytes], on_chunk: Callable[[int], None] | None = None
-    ) -> None:
-        self.chunks = chunks
-        self.buffer = bytearray()
-        self.on_chunk = on_chunk
-        self.done = False
-
-    def read(self, size: int = -1) -> bytes:
-        while not self.done and (size < 0 or len(self.buffer) < size):
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                self.done = True
-                break
-            self.buffer += chunk
-            if self.on_chunk is not None:
-                self.on_chunk(len(chunk))
-        size = len(self.buffer) if size < 0 else size
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-
 def load_lines(
     session: InfluxSession,
     bucket: str,

@@ -18,13 +18,12 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.influx import InfluxConnection
 from tasks.backup import _Progress, io_task
-from tasks.backup_stream import StreamResult, stream_to_stores, verify_copies
+from tasks.backup_stream import ChunkReader, StreamResult, stream_to_stores, verify_copies
 from tasks.catalog import scan_backups
 from tasks.compression import EXTENSIONS, decompress_stream
 from tasks.drill import BackupChoice, select_backup
 from tasks.errors import RestoreTargetRefused, StorageError
 from tasks.influx import (
-    ChunkReader,
     Digests,
     InfluxSession,
     digest_bucket,

@@ -24,7 +24,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from blocks.mongo import MongoConnection
 from tasks.backup import _Progress, io_task
-from tasks.backup_stream import StreamResult, stream_to_stores
+from tasks.backup_stream import ChunkReader, StreamResult, stream_to_stores
 from tasks.compression import EXTENSIONS, decompress_stream
 from tasks.errors import (
     BackupVerificationError,
@@ -149,26 +149,6 @@ def preflight_mongo(conn: MongoConnection, database: str, stores: list[ObjectSto
 # -- dump --------------------------------------------------------------------------------------
 
 
-class _ChunkReader:
-    """A read(size) file over an iterator of byte chunks (what stream_to_stores reads)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._pending) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._pending += chunk
-        if size < 0:
-            data, self._pending = self._pending, b""
-        else:
-            data, self._pending = self._pending[:size], self._pending[size:]
-        return data
-
-
 def archive_chunks(
     client: pymongo.MongoClient[Any],
     database: str,
@@ -233,9 +213,9 @@ def stream_mongo_dump(
     progress = _Progress(max(sum(facts.collections.values()), 1) * 200, database)
     try:
         with mongo_client(conn) as client:
-            source = _ChunkReader(archive_chunks(client, database, facts, digests, batch_size))
+            source = ChunkReader(archive_chunks(client, database, facts, digests, batch_size))
             written = stream_to_stores(
-                source,  # type: ignore[arg-type]  # read() is all it needs
+                source,  # type: ignore[arg-type]
                 stores,
                 f"{prefix}{object_name}",
                 codec,

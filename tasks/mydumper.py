@@ -31,7 +31,8 @@ from typing import IO, TYPE_CHECKING
 import pymysql
 
 from blocks.mysql import MySQLConnection
-from tasks.engine_io import ChunkReader, restore_object_into, tool_error
+from tasks.backup_stream import ChunkReader
+from tasks.engine_io import restore_object_into, tool_error
 from tasks.engines import mydumper_binary, myloader_binary
 from tasks.errors import (
     ConfigurationError,
