@@ -11,6 +11,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mysql, resolve_store
+from flows.run_names import named_by_source
 from tasks.backup import build_manifest, commit_manifest, preflight, stream_dump, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.engines import resolve_engine
@@ -149,7 +150,7 @@ def publish_backup_failure(
 
 @flow(
     name="backup-mysql",
-    flow_run_name="backup-mysql-{params.source}",
+    flow_run_name=named_by_source("backup-mysql", BackupMySQLParams),
     description="Dump MySQL consistently, compress, stream to every region, verify, commit.",
     timeout_seconds=6 * 3600,
 )

@@ -18,6 +18,7 @@ from flows.backup import (
     publish_backup_failure,
     region_rows,
 )
+from flows.run_names import named_by_source
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.influx_backup import (
@@ -97,7 +98,7 @@ def _summary(manifest: BackupManifest, checks: list[RegionCheck], seconds: float
 
 @flow(
     name="backup-influxdb",
-    flow_run_name="backup-influxdb-{params.source}",
+    flow_run_name=named_by_source("backup-influxdb", BackupInfluxParams),
     description="Export an InfluxDB bucket as line protocol, compress, stream to every region, "
     "verify, commit.",
     timeout_seconds=6 * 3600,

@@ -18,6 +18,7 @@ from flows.backup import (
     publish_backup_failure,
     region_rows,
 )
+from flows.run_names import named_by_source
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
@@ -83,7 +84,7 @@ def _summary(manifest: BackupManifest, checks: list[RegionCheck], seconds: float
 
 @flow(
     name="backup-mongodb",
-    flow_run_name="backup-mongodb-{params.source}",
+    flow_run_name=named_by_source("backup-mongodb", BackupMongoDBParams),
     description="Dump one MongoDB database, compress, stream to every region, verify, commit.",
     timeout_seconds=6 * 3600,
 )

@@ -23,6 +23,7 @@ from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
 from blocks.defaults import resolve_mysql, resolve_store, vibeops_home
+from flows.run_names import named_by_source
 from tasks.drill import (
     CleanupItem,
     CopyAttempt,
@@ -140,7 +141,7 @@ class _Drill:
 
 @flow(
     name="restore-drill",
-    flow_run_name="restore-drill-{params.source}",
+    flow_run_name=named_by_source("restore-drill", RestoreDrillParams),
     description="Restore the newest backup into a scratch database, validate it, measure RTO/RPO.",
     timeout_seconds=8 * 3600,
 )

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from blocks.defaults import resolve_store, vibeops_home
 from blocks.influx import resolve_influx
+from flows.run_names import named_by_source
 from tasks.drill import (
     CopyAttempt,
     DrillFacts,
@@ -102,7 +103,7 @@ def _resource(source: str) -> dict[str, str]:
 
 @flow(
     name="restore-drill-influxdb",
-    flow_run_name="restore-drill-influxdb-{params.source}",
+    flow_run_name=named_by_source("restore-drill-influxdb", RestoreDrillInfluxParams),
     description="Restore the newest InfluxDB backup into a scratch bucket, validate, RTO/RPO.",
     timeout_seconds=8 * 3600,
 )

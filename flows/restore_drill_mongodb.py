@@ -22,6 +22,7 @@ from pydantic import Field
 
 from blocks.defaults import resolve_mongo, resolve_store
 from flows.restore_drill import default_history_path
+from flows.run_names import named_by_source
 from tasks.drill import (
     CopyAttempt,
     DrillRecord,
@@ -104,7 +105,7 @@ class _Drill:
 
 @flow(
     name="restore-drill-mongodb",
-    flow_run_name="restore-drill-mongodb-{params.source}",
+    flow_run_name=named_by_source("restore-drill-mongodb", RestoreDrillMongoDBParams),
     description="Restore the newest MongoDB backup into a scratch database, validate, RTO/RPO.",
     timeout_seconds=8 * 3600,
 )

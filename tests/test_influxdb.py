@@ -14,6 +14,7 @@ import pytest
 from influxdb_client import Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from prefect import flow
+from prefect.client.orchestration import get_client
 
 from blocks import BackupStore, InfluxConnection, RetentionPolicy
 from flows.backup_influxdb import BackupInfluxParams, backup_influxdb
@@ -413,3 +414,33 @@ def test_standin_answers_like_influxdb_2(influx_server: InfluxStandIn) -> None:
             "code": "unauthorized",
             "message": "unauthorized access",
         }
+
+
+def test_runs_without_parameters_use_the_embedded_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A quick run from the UI sends no parameters: the flows fall back to their defaults.
+    server = InfluxStandIn(port=free_port(), token=f"tok-{uuid.uuid4().hex}").start()
+    try:
+        monkeypatch.setenv("VIBEOPS_HOME", str(tmp_path))
+        monkeypatch.setenv("VIBEOPS_INFLUX_URL", server.url)
+        monkeypatch.setenv("VIBEOPS_INFLUX_TOKEN", server.token)
+        with _conn(server).get_client() as client:
+            client.buckets_api().create_bucket(bucket_name="vibebench", org=server.org)
+            client.write_api(write_options=SYNCHRONOUS).write(
+                "vibebench", server.org, _sample_points()
+            )
+        backup = backup_influxdb(return_state=True)
+        drill = restore_drill_influxdb(return_state=True)
+    finally:
+        server.stop()
+    assert backup.is_completed(), backup
+    assert drill.is_completed(), drill
+    assert backup.result().source == "vibebench-metrics"
+    assert (tmp_path / "backups" / "region-a" / "influxdb" / "vibebench-metrics").is_dir()
+    with get_client(sync_client=True) as client:
+        names = {client.read_flow_run(s.state_details.flow_run_id).name for s in (backup, drill)}
+    assert names == {
+        "backup-influxdb-vibebench-metrics",
+        "restore-drill-influxdb-vibebench-metrics",
+    }
