@@ -1,13 +1,20 @@
 """Prometheus metrics for backups and restore drills: the figures the alert rules read.
 
-A small exporter: on every scrape it reads
-- the backup catalog (newest committed manifest per source, any region): last success and age;
-- the Prefect API (failed or crashed `backup-mysql` runs): last failure per source;
+A small exporter for every kind of backup (mysql, mongodb, influxdb); on every scrape it reads
+- the backup catalog (newest committed manifest per kind and source, any region): last success
+  and age;
+- the Prefect API (failed or crashed `backup-mysql` / `backup-mongodb` / `backup-influxdb` runs):
+  last failure per kind and source;
 - the drill history (JSON lines of `tasks.drill.DrillRecord`): RTO, RPO, their targets, verdict.
+  MySQL drills record the bare source, the others `<kind>/<source>`.
 
-Run it next to Prometheus (rules in deployments/alerting/rules/vibeops.rules.yml):
+Every family is labelled `kind` and `source`. Run it next to Prometheus (rules in
+deployments/alerting/rules/vibeops.rules.yml):
 
-    uv run python -m tasks.metrics --port 9108 --source vibebench
+    uv run python -m tasks.metrics --port 9108 --source mysql/vibebench \
+        --source mongodb/vibebench --source influxdb/vibebench-metrics
+
+A bare `--source NAME` means `mysql/NAME`.
 
 Each data source sits behind a function returning plain records, so the collector is tested
 without servers and the sources can be swapped (e.g. a GCS-backed store block in production).
@@ -29,11 +36,61 @@ from prometheus_client.registry import Collector
 
 from tasks.catalog import newest_committed_backup
 from tasks.drill import DrillRecord, history_file, read_history
+from tasks.manifest import validate_source_name
 from tasks.storage import ObjectStore
 
 logger = logging.getLogger("vibeops.metrics")
 
 BACKUP_FLOW = "backup-mysql"
+
+KINDS: tuple[str, ...] = ("mysql", "mongodb", "influxdb")
+DEFAULT_KIND = "mysql"
+# The flow that backs up each kind, and the source its parameters default to (the models in
+# flows/backup.py, flows/backup_mongodb.py, flows/backup_influxdb.py): a run started without
+# `params.source` backed up that source.
+BACKUP_FLOWS: dict[str, str] = {
+    "mysql": "backup-mysql",
+    "mongodb": "backup-mongodb",
+    "influxdb": "backup-influxdb",
+}
+DEFAULT_SOURCES: dict[str, str] = {
+    "mysql": "vibebench",
+    "mongodb": "vibebench",
+    "influxdb": "vibebench-metrics",
+}
+
+
+@dataclass(frozen=True, order=True)
+class SourceRef:
+    """One backed-up source: its kind (the catalog's top folder) and logical name."""
+
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+def parse_source(text: str, default_kind: str = DEFAULT_KIND) -> SourceRef:
+    """`kind/name` or a bare `name` (= `default_kind`), checked against the known kinds.
+
+    Raises:
+        ValueError: an unknown kind or an unusable name.
+    """
+    kind, sep, name = text.strip().partition("/")
+    if not sep:
+        kind, name = default_kind, kind
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r} in {text!r}: use one of {', '.join(KINDS)}")
+    return SourceRef(kind, validate_source_name(name))
+
+
+def history_source(recorded: str) -> SourceRef:
+    """The kind and name of a drill history record's `source` (bare = mysql)."""
+    kind, sep, name = recorded.partition("/")
+    if sep and kind in KINDS:
+        return SourceRef(kind, name)
+    return SourceRef(DEFAULT_KIND, recorded)
 
 
 @dataclass(frozen=True)
@@ -52,6 +109,7 @@ class BackupStatus:
 class DrillStatus:
     """The latest restore drill of one source."""
 
+    kind: str
     source: str
     finished_at: datetime
     rto_seconds: float | None
@@ -107,8 +165,8 @@ def backup_families(statuses: Iterable[BackupStatus], now: datetime) -> list[Gau
 
 
 def drill_families(drills: Iterable[DrillStatus]) -> list[GaugeMetricFamily]:
-    """The drill gauges of each source's latest drill."""
-    labels = ["source"]
+    """The drill gauges of each source's latest drill, labelled by kind and source."""
+    labels = ["kind", "source"]
     families = {
         "last": GaugeMetricFamily(
             "vibeops_drill_last_timestamp_seconds",
@@ -136,7 +194,7 @@ def drill_families(drills: Iterable[DrillStatus]) -> list[GaugeMetricFamily]:
         ),
     }
     for drill in drills:
-        values = [drill.source]
+        values = [drill.kind, drill.source]
         families["last"].add_metric(values, drill.finished_at.timestamp())
         if drill.rto_seconds is not None:
             families["rto"].add_metric(values, drill.rto_seconds)
@@ -149,15 +207,17 @@ def drill_families(drills: Iterable[DrillStatus]) -> list[GaugeMetricFamily]:
 
 
 def latest_drills(records: Iterable[DrillRecord]) -> list[DrillStatus]:
-    """The newest drill per source."""
-    newest: dict[str, DrillRecord] = {}
+    """The newest drill per kind and source (`mongodb/x` in the history is kind mongodb)."""
+    newest: dict[SourceRef, DrillRecord] = {}
     for record in records:
-        current = newest.get(record.source)
+        ref = history_source(record.source)
+        current = newest.get(ref)
         if current is None or record.finished_at >= current.finished_at:
-            newest[record.source] = record
+            newest[ref] = record
     return [
         DrillStatus(
-            source=r.source,
+            kind=ref.kind,
+            source=ref.name,
             finished_at=r.finished_at,
             rto_seconds=r.rto_seconds,
             rpo_seconds=r.rpo_seconds,
@@ -165,7 +225,7 @@ def latest_drills(records: Iterable[DrillRecord]) -> list[DrillStatus]:
             rpo_target_seconds=r.rpo_target_seconds,
             passed=r.passed,
         )
-        for r in sorted(newest.values(), key=lambda r: r.source)
+        for ref, r in sorted(newest.items())
     ]
 
 
@@ -173,19 +233,23 @@ def latest_drills(records: Iterable[DrillRecord]) -> list[DrillStatus]:
 
 
 def read_catalog_statuses(
-    stores: Sequence[ObjectStore], sources: Sequence[str], kind: str = "mysql"
+    stores: Sequence[ObjectStore], sources: Sequence[SourceRef | str], kind: str = DEFAULT_KIND
 ) -> list[BackupStatus]:
-    """Newest committed backup of each source, from the catalog over every region."""
+    """Newest committed backup of each source, from the catalog over every region.
+
+    A plain string is `kind/name` or a bare name of `kind`.
+    """
     statuses = []
     for source in sources:
-        manifest = newest_committed_backup(list(stores), source, kind)
+        ref = source if isinstance(source, SourceRef) else parse_source(source, kind)
+        manifest = newest_committed_backup(list(stores), ref.name, ref.kind)
         if manifest is None:
-            statuses.append(BackupStatus(kind=kind, source=source))
+            statuses.append(BackupStatus(kind=ref.kind, source=ref.name))
             continue
         statuses.append(
             BackupStatus(
-                kind=kind,
-                source=source,
+                kind=ref.kind,
+                source=ref.name,
                 last_success_at=manifest.finished_at,
                 consistent_at=manifest.consistent_at,
                 size_bytes=manifest.total_size,
@@ -195,11 +259,14 @@ def read_catalog_statuses(
 
 
 def read_backup_failures(
-    flow_name: str = BACKUP_FLOW, since: timedelta = timedelta(days=14)
+    flow_name: str = BACKUP_FLOW,
+    since: timedelta = timedelta(days=14),
+    default_source: str = DEFAULT_SOURCES[DEFAULT_KIND],
 ) -> dict[str, datetime]:
     """When each source's latest failed or crashed backup run ended, from the Prefect API.
 
-    The source is the run's `params.source` parameter (the flow's default when absent).
+    The source is the run's `params.source` parameter (`default_source`, the flow's default,
+    when absent).
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -229,21 +296,34 @@ def read_backup_failures(
     failures: dict[str, datetime] = {}
     for run in runs:
         params = (run.parameters or {}).get("params") or {}
-        source = params.get("source", "vibebench") if isinstance(params, dict) else "vibebench"
+        source = params.get("source") if isinstance(params, dict) else None
+        source = source if isinstance(source, str) and source else default_source
         ended = run.end_time or run.expected_start_time
         if ended is not None and (source not in failures or ended > failures[source]):
             failures[source] = ended
     return failures
 
 
+def read_all_backup_failures(
+    since: timedelta = timedelta(days=14), kinds: Iterable[str] = KINDS
+) -> dict[SourceRef, datetime]:
+    """The latest failure of every kind's backup flow, per kind and source."""
+    failures: dict[SourceRef, datetime] = {}
+    for kind in kinds:
+        found = read_backup_failures(BACKUP_FLOWS[kind], since, DEFAULT_SOURCES[kind])
+        failures.update({SourceRef(kind, source): when for source, when in found.items()})
+    return failures
+
+
 def merge_failures(
-    statuses: Iterable[BackupStatus], failures: dict[str, datetime]
+    statuses: Iterable[BackupStatus], failures: dict[SourceRef, datetime]
 ) -> list[BackupStatus]:
     """Attach each source's last failure time (sources with only failures are added)."""
     merged = []
     seen = set()
     for status in statuses:
-        seen.add(status.source)
+        ref = SourceRef(status.kind, status.source)
+        seen.add(ref)
         merged.append(
             BackupStatus(
                 kind=status.kind,
@@ -251,12 +331,12 @@ def merge_failures(
                 last_success_at=status.last_success_at,
                 consistent_at=status.consistent_at,
                 size_bytes=status.size_bytes,
-                last_failure_at=failures.get(status.source),
+                last_failure_at=failures.get(ref),
             )
         )
-    for source, when in sorted(failures.items()):
-        if source not in seen:
-            merged.append(BackupStatus(kind="mysql", source=source, last_failure_at=when))
+    for ref, when in sorted(failures.items()):
+        if ref not in seen:
+            merged.append(BackupStatus(kind=ref.kind, source=ref.name, last_failure_at=when))
     return merged
 
 
@@ -269,7 +349,7 @@ class VibeOpsCollector(Collector):
     def __init__(
         self,
         backups: Callable[[], list[BackupStatus]],
-        failures: Callable[[], dict[str, datetime]] | None,
+        failures: Callable[[], dict[SourceRef, datetime]] | None,
         drills: Callable[[], list[DrillStatus]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -318,7 +398,7 @@ def default_drill_history() -> Path:
 
 
 def build_registry(
-    sources: Sequence[str],
+    sources: Sequence[SourceRef | str],
     store_block: str = "",
     drill_history: Path | None = None,
     read_prefect: bool = True,
@@ -337,7 +417,7 @@ def build_registry(
     registry.register(
         VibeOpsCollector(
             backups=backups,
-            failures=read_backup_failures if read_prefect else None,
+            failures=read_all_backup_failures if read_prefect else None,
             drills=lambda: latest_drills(read_history(history)),
         )
     )
@@ -346,7 +426,7 @@ def build_registry(
 
 def serve_exporter(
     port: int,
-    sources: Sequence[str],
+    sources: Sequence[SourceRef | str],
     host: str = "127.0.0.1",
     store_block: str = "",
     drill_history: Path | None = None,
@@ -355,17 +435,35 @@ def serve_exporter(
     """Serve /metrics on host:port until interrupted."""
     registry = build_registry(sources, store_block, drill_history, read_prefect)
     start_http_server(port, addr=host, registry=registry)
-    logger.info("vibeops exporter on http://%s:%s/metrics for %s", host, port, ", ".join(sources))
+    logger.info(
+        "vibeops exporter on http://%s:%s/metrics for %s", host, port, ", ".join(map(str, sources))
+    )
     while True:
         time.sleep(3600)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def source_argument(text: str) -> SourceRef:
+    """argparse type of `--source`: the error names the accepted kinds."""
+    try:
+        return parse_source(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{exc} (expected KIND/NAME or NAME = mysql/NAME)"
+        ) from exc
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; `source` is a list of SourceRef (default mysql/vibebench)."""
     parser = argparse.ArgumentParser(description="Export backup and drill metrics.")
     parser.add_argument("--port", type=int, default=9108)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
-        "--source", action="append", default=[], help="Backup source name (repeatable)."
+        "--source",
+        action="append",
+        type=source_argument,
+        default=[],
+        metavar="KIND/NAME",
+        help=f"Backup source, KIND one of {', '.join(KINDS)}; a bare NAME is mysql (repeatable).",
     )
     parser.add_argument("--store-block", default="", help="Backup store block; empty = local.")
     parser.add_argument("--drill-history", type=Path, default=None)
@@ -373,10 +471,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--no-prefect", action="store_true", help="Do not read backup failures from Prefect."
     )
     args = parser.parse_args(argv)
+    args.source = args.source or [SourceRef(DEFAULT_KIND, DEFAULT_SOURCES[DEFAULT_KIND])]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(message)s")
     serve_exporter(
         args.port,
-        args.source or ["vibebench"],
+        args.source,
         args.host,
         args.store_block,
         args.drill_history,
