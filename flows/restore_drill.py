@@ -22,7 +22,8 @@ from prefect.runtime import flow_run
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
-from blocks.defaults import resolve_mysql, resolve_store, vibeops_home
+from blocks.defaults import resolve_mongo, resolve_mysql, resolve_store, vibeops_home
+from blocks.influx import resolve_influx
 from flows.run_names import named_by_source
 from tasks.drill import (
     CleanupItem,
@@ -52,7 +53,9 @@ from tasks.errors import (
     StorageError,
     VibeOpsError,
 )
+from tasks.influx import delete_drill_bucket, read_influx_drill_markers
 from tasks.manifest import BackupManifest
+from tasks.mongo import drop_drill_database, read_mongo_drill_markers
 from tasks.physical import find_leftover_servers, remove_leftover_server, scratch_servers_root
 from tasks.restore import (
     BackupSearch,
@@ -540,20 +543,36 @@ def _num(value: int | None) -> str:
 # -- cleanup -----------------------------------------------------------------------------------
 
 
+MONGO_ITEM = "mongodb database"
+INFLUX_ITEM = "influxdb bucket"
+
+
 class CleanupDrillsParams(BaseModel):
     """Parameters of cleanup-drills (rendered as a form in the Prefect UI)."""
 
     drill_server_block: str = Field(
         default="", description="Drill server block; empty = the local server."
     )
+    mongo_connection_block: str | None = Field(
+        default=None,
+        description="'VibeOps MongoDB Connection' block whose leftover drill databases to drop; "
+        "unset = skip MongoDB, empty = VIBEOPS_MONGO_* environment.",
+    )
+    influx_connection_block: str | None = Field(
+        default=None,
+        description="'VibeOps InfluxDB Connection' block whose leftover drill buckets to delete; "
+        "unset = skip InfluxDB, empty = VIBEOPS_INFLUX_* environment.",
+    )
     stale_after: timedelta = Field(
         default=timedelta(hours=12),
         ge=timedelta(hours=9),
-        description="Drop unkept drill databases, and this worker's throwaway-server folders, "
-        "older than this (left by crashed drills; a drill runs at most 8 h).",
+        description="Drop unkept drill databases and buckets, and this worker's throwaway-server "
+        "folders, older than this (left by crashed drills; a drill runs at most 8 h).",
     )
     force_drop: list[str] = Field(
-        default_factory=list, description="Drill databases to drop now, even inside a keep window."
+        default_factory=list,
+        description="Drill databases or buckets (with a drill marker) to drop now, even inside "
+        "a keep window.",
     )
     dry_run: bool = Field(default=True, description="Only report what would be dropped.")
 
@@ -561,18 +580,37 @@ class CleanupDrillsParams(BaseModel):
 @flow(
     name="cleanup-drills",
     flow_run_name="cleanup-drills",
-    description="Drop scratch databases of restore drills whose keep window is over, and "
-    "throwaway servers that crashed physical drills left on this worker.",
+    description="Drop scratch databases of restore drills whose keep window is over, leftover "
+    "MongoDB/InfluxDB drill targets (opt-in), and throwaway servers that crashed physical "
+    "drills left on this worker.",
     timeout_seconds=3600,
 )
 def cleanup_drills(params: CleanupDrillsParams | None = None) -> list[CleanupItem]:
-    """Drop expired or abandoned drill databases (never one without a drill marker)."""
+    """Drop expired or abandoned drill databases and buckets (never one without a marker)."""
     params = params or CleanupDrillsParams()
     server = resolve_mysql(params.drill_server_block)
+    mongo = (
+        None
+        if params.mongo_connection_block is None
+        else resolve_mongo(params.mongo_connection_block, field="mongo_connection_block")
+    )
+    influx = (
+        None
+        if params.influx_connection_block is None
+        else resolve_influx(params.influx_connection_block)
+    )
     now = datetime.now(UTC)
     with tags(f"db:{server.host}:{server.port}", "restore-drill"):
         existing = list_drill_databases(server)
         plan = plan_cleanup(existing, now, params.stale_after, params.force_drop)
+        mongo_markers = read_mongo_drill_markers(mongo) if mongo else {}
+        plan += plan_cleanup(
+            mongo_markers, now, params.stale_after, params.force_drop, what=MONGO_ITEM
+        )
+        influx_markers = read_influx_drill_markers(influx) if influx else {}
+        plan += plan_cleanup(
+            influx_markers, now, params.stale_after, params.force_drop, what=INFLUX_ITEM
+        )
         leftovers = find_leftover_servers(scratch_servers_root(), now, params.stale_after)
         plan += [
             CleanupItem(str(s.workdir), True, s.describe(), what="server folder") for s in leftovers
@@ -580,15 +618,29 @@ def cleanup_drills(params: CleanupDrillsParams | None = None) -> list[CleanupIte
         dropped = []
         if not params.dry_run:
             for item in plan:
-                database = item.drop and item.what == "database"
-                if database and teardown_scratch(server, item.database, owned=False):
+                if not item.drop:
+                    continue
+                if item.what == "database":
+                    done = teardown_scratch(server, item.database, owned=False)
+                elif item.what == MONGO_ITEM and mongo is not None:
+                    marker = mongo_markers[item.database]
+                    done = marker is not None and drop_drill_database(mongo, item.database, marker)
+                elif item.what == INFLUX_ITEM and influx is not None:
+                    marker = influx_markers[item.database]
+                    done = marker is not None and delete_drill_bucket(influx, item.database, marker)
+                else:
+                    continue
+                if done:
                     dropped.append(item.database)
             for leftover in leftovers:
                 remove_leftover_server(leftover)
                 dropped.append(str(leftover.workdir))
     mode = "dry run: nothing dropped" if params.dry_run else f"dropped {len(dropped)}"
+    where = [f"{server.host}:{server.port}"]
+    where += [f"MongoDB {mongo.host}:{mongo.port}"] if mongo else []
+    where += [f"InfluxDB {influx.url}"] if influx else []
     lines = [
-        f"# Drill cleanup on {server.host}:{server.port} ({mode})",
+        f"# Drill cleanup on {', '.join(where)} ({mode})",
         "",
         "| what | name | action | reason |",
         "|---|---|---|---|",
@@ -596,7 +648,7 @@ def cleanup_drills(params: CleanupDrillsParams | None = None) -> list[CleanupIte
     lines += [
         f"| {i.what} | {i.database} | {'drop' if i.drop else 'keep'}{' (dry run)' if i.drop and params.dry_run else ''} | {i.reason} |"
         for i in plan
-    ] or ["| - | - | - | no drill databases or server folders |"]
+    ] or ["| - | - | - | no drill databases, buckets or server folders |"]
     create_markdown_artifact(key="cleanup-drills", markdown="\n".join(lines), description=mode)
     emit_event(
         event="vibeops.drill.cleanup",
@@ -608,6 +660,11 @@ def cleanup_drills(params: CleanupDrillsParams | None = None) -> list[CleanupIte
             "dry_run": params.dry_run,
             "dropped": dropped,
             "planned": [i.database for i in plan if i.drop],
+            "items": [
+                {"what": i.what, "name": i.database, "drop": i.drop, "reason": i.reason}
+                for i in plan
+            ],
+            "stores": where,
         },
     )
     return plan

@@ -149,7 +149,12 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams | None = None) -> Dr
                 clock = time.perf_counter()
                 try:
                     drill.stats = restore_influx_copy(
-                        conn, manifest, stores[region], scratch, params.batch_lines
+                        conn,
+                        manifest,
+                        stores[region],
+                        scratch,
+                        params.batch_lines,
+                        drill_run=str(flow_run.get_id() or "local"),
                     )
                 except (BackupVerificationError, StorageError, RestoreLoadError) as exc:
                     _record_failed_copy(drill, region, exc, time.perf_counter() - clock)

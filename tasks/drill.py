@@ -246,10 +246,12 @@ def plan_cleanup(
     now: datetime,
     stale_after: timedelta,
     force: Iterable[str] = (),
+    what: str = "database",
 ) -> list[CleanupItem]:
     """Which `drill_*` databases to drop: expired keep windows, and stale unkept leftovers.
 
-    A database without a marker is never dropped, whatever its name.
+    A database without a marker is never dropped, whatever its name. `what` labels the items
+    ("database", "mongodb database", "influxdb bucket").
     """
     forced = {name.lower() for name in force}
     plan = []
@@ -258,20 +260,19 @@ def plan_cleanup(
             continue
         marker = existing[name]
         if marker is None:
-            plan.append(CleanupItem(name, False, "no drill marker: not created by a drill, kept"))
+            reason = "no drill marker: not created by a drill, kept"
+            plan.append(CleanupItem(name, False, reason, what))
         elif name.lower() in forced:
-            plan.append(CleanupItem(name, True, "listed in force_drop"))
+            plan.append(CleanupItem(name, True, "listed in force_drop", what))
         elif marker.keep_until is not None:
-            if marker.keep_until <= now:
-                plan.append(CleanupItem(name, True, f"keep window ended {marker.keep_until:%c}"))
-            else:
-                plan.append(CleanupItem(name, False, f"kept until {marker.keep_until:%c}"))
+            ended = marker.keep_until <= now
+            reason = f"{'keep window ended' if ended else 'kept until'} {marker.keep_until:%c}"
+            plan.append(CleanupItem(name, ended, reason, what))
         elif now - marker.created_at >= stale_after:
-            plan.append(
-                CleanupItem(name, True, f"left over by drill {marker.drill_run} ({marker.status})")
-            )
+            reason = f"left over by drill {marker.drill_run} ({marker.status})"
+            plan.append(CleanupItem(name, True, reason, what))
         else:
-            plan.append(CleanupItem(name, False, "a drill may still be using it"))
+            plan.append(CleanupItem(name, False, "a drill may still be using it", what))
     return plan
 
 

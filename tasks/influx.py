@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 from blocks.influx import InfluxConnection
 from tasks.compression import ByteSource
+from tasks.drill import DRILL_PREFIX, DrillMarker
 from tasks.errors import (
     DatabaseAuthError,
     DatabaseNotFound,
@@ -191,6 +193,39 @@ def parse_annotated_csv(rows: Iterable[list[str]]) -> Iterator[Row]:
         )
 
 
+# -- pure: the drill's marker in a scratch bucket's description -------------------------------
+
+DRILL_MARKER = "vibeops-drill "  # a scratch bucket's description starts with this, then JSON
+
+
+def drill_bucket_description(marker: DrillMarker) -> str:
+    """The description a drill gives the scratch bucket it creates (its durable marker)."""
+    facts = {
+        "drill_run": marker.drill_run,
+        "source": marker.source,
+        "backup_id": marker.backup_id,
+        "created_at": marker.created_at.astimezone(UTC).isoformat(),
+    }
+    return DRILL_MARKER + json.dumps(facts, sort_keys=True)
+
+
+def parse_drill_bucket_description(description: str | None) -> DrillMarker | None:
+    """The marker in a bucket's description; None when it is not a drill's (or unreadable)."""
+    if not description or not description.startswith(DRILL_MARKER):
+        return None
+    try:
+        facts = json.loads(description[len(DRILL_MARKER) :])
+        created = datetime.fromisoformat(facts["created_at"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    return DrillMarker(
+        drill_run=str(facts.get("drill_run", "?")),
+        source=str(facts.get("source", "")),
+        backup_id=str(facts.get("backup_id", "")),
+        created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
+    )
+
+
 # -- the client, with errors mapped to the project's --------------------------------------------
 
 
@@ -267,9 +302,38 @@ class InfluxSession:
                 "check the `bucket` parameter or the InfluxConnection block's `org`"
             )
 
-    def create_bucket(self, bucket: str) -> None:
+    def create_bucket(self, bucket: str, description: str | None = None) -> None:
         with influx_errors(self.conn, f"create bucket {bucket!r}"):
-            self.client.buckets_api().create_bucket(bucket_name=bucket, org=self.conn.org)
+            self.client.buckets_api().create_bucket(
+                bucket_name=bucket, org=self.conn.org, description=description
+            )
+
+    def drill_markers(self) -> dict[str, DrillMarker | None]:
+        """Every `drill_*` bucket with the marker in its description (None: not a drill's)."""
+        with influx_errors(self.conn, "list buckets"):
+            buckets = list(self.client.buckets_api().find_buckets_iter(org=self.conn.org))
+        return {
+            b.name: parse_drill_bucket_description(b.description)
+            for b in sorted(buckets, key=lambda b: b.name)
+            if b.name.startswith(DRILL_PREFIX)
+        }
+
+    def delete_drill_bucket(self, bucket: str, planned: DrillMarker) -> bool:
+        """Delete a leftover drill bucket if its description still holds the planned marker
+        (a drill that reused the name since is left alone); True when deleted."""
+        with influx_errors(self.conn, f"delete bucket {bucket!r}"):
+            api = self.client.buckets_api()
+            found = api.find_bucket_by_name(bucket)
+            if found is None:
+                return False
+            current = parse_drill_bucket_description(found.description)
+            if current is None or (current.drill_run, current.created_at) != (
+                planned.drill_run,
+                planned.created_at,
+            ):
+                return False
+            api.delete_bucket(found)
+            return True
 
     def delete_bucket(self, bucket: str) -> bool:
         """Delete `bucket` if it exists; True when it did."""
@@ -348,6 +412,18 @@ class InfluxSession:
             for name, count in per_measurement.items():
                 totals[name] += count
         return dict(totals)
+
+
+def read_influx_drill_markers(conn: InfluxConnection) -> dict[str, DrillMarker | None]:
+    """Every `drill_*` bucket of the block's org with its drill marker (for cleanup-drills)."""
+    with InfluxSession(conn) as session:
+        return session.drill_markers()
+
+
+def delete_drill_bucket(conn: InfluxConnection, bucket: str, planned: DrillMarker) -> bool:
+    """Delete a leftover drill bucket still carrying `planned` (see InfluxSession)."""
+    with InfluxSession(conn) as session:
+        return session.delete_drill_bucket(bucket, planned)
 
 
 # -- export / restore -------------------------------------------------------------------------

@@ -21,12 +21,13 @@ from tasks.backup import _Progress, io_task
 from tasks.backup_stream import ChunkReader, StreamResult, stream_to_stores, verify_copies
 from tasks.catalog import scan_backups
 from tasks.compression import EXTENSIONS, decompress_stream
-from tasks.drill import BackupChoice, select_backup
+from tasks.drill import BackupChoice, DrillMarker, select_backup
 from tasks.errors import RestoreTargetRefused, StorageError
 from tasks.influx import (
     Digests,
     InfluxSession,
     digest_bucket,
+    drill_bucket_description,
     export_lines,
     from_ns,
     load_lines,
@@ -274,8 +275,10 @@ def restore_influx_copy(
     store: ObjectStore,
     scratch: str,
     batch_lines: int,
+    drill_run: str = "local",
 ) -> InfluxRestoreStats:
-    """Verify one region's copy (size, sha256, decompress), then load it into a fresh `scratch`.
+    """Verify one region's copy (size, sha256, decompress), then load it into a fresh `scratch`
+    (created with the drill's marker as its description, for cleanup-drills).
 
     Raises:
         BackupVerificationError: the copy does not match the manifest (try another region).
@@ -288,7 +291,8 @@ def restore_influx_copy(
     verified = time.perf_counter()
     with InfluxSession(conn) as session:
         session.delete_bucket(scratch)
-        session.create_bucket(scratch)
+        marker = DrillMarker(drill_run, manifest.source, manifest.backup_id, datetime.now(UTC))
+        session.create_bucket(scratch, description=drill_bucket_description(marker))
         progress = _Progress(manifest.total_rows, f"{manifest.database} into {scratch}", "Loading")
         try:
             with store.open_reader(key) as raw:

@@ -26,6 +26,7 @@ from blocks.mongo import MongoConnection
 from tasks.backup import _Progress, io_task
 from tasks.backup_stream import ChunkReader, StreamResult, stream_to_stores
 from tasks.compression import EXTENSIONS, decompress_stream
+from tasks.drill import DRILL_PREFIX, DrillMarker
 from tasks.errors import (
     BackupVerificationError,
     DatabaseAuthError,
@@ -56,30 +57,34 @@ SYSTEM_DATABASES = ("admin", "local", "config")
 ARCHIVE_NAME = "dump.bson"
 
 
-def describe_error(exc: PyMongoError, conn: MongoConnection) -> VibeOpsError:
+def describe_error(
+    exc: PyMongoError, conn: MongoConnection, field: str = "connection_block"
+) -> VibeOpsError:
     """A typed error naming the block field to fix (never the password)."""
     where = f"MongoDB at {conn.host}:{conn.port}"
     if isinstance(exc, OperationFailure) and exc.code == AUTH_FAILED:
         return DatabaseAuthError(
-            f"connection_block: {where} refused user {conn.username!r} (auth_source "
+            f"{field}: {where} refused user {conn.username!r} (auth_source "
             f"{conn.auth_source!r}); fix the block's username, password or auth_source field"
         )
     if isinstance(exc, ConnectionFailure):
         return DatabaseUnreachable(
-            f"connection_block: {where} is unreachable ({type(exc).__name__}); check the "
+            f"{field}: {where} is unreachable ({type(exc).__name__}); check the "
             "block's host, port and tls fields, and that the server runs"
         )
     return VibeOpsError(f"{where}: {type(exc).__name__}: {str(exc)[:300]}")
 
 
 @contextmanager
-def mongo_client(conn: MongoConnection) -> Iterator[pymongo.MongoClient[Any]]:
+def mongo_client(
+    conn: MongoConnection, field: str = "connection_block"
+) -> Iterator[pymongo.MongoClient[Any]]:
     """A client from the block; pymongo errors leave as typed errors naming the field."""
     try:
         with conn.client() as client:
             yield client
     except PyMongoError as exc:
-        raise describe_error(exc, conn) from exc
+        raise describe_error(exc, conn, field) from exc
 
 
 # -- preflight ---------------------------------------------------------------------------------
@@ -475,6 +480,69 @@ def restore_mongo_copy(
         stats.seconds,
     )
     return stats
+
+
+# -- cleanup of leftovers (cleanup-drills) -----------------------------------------------------
+
+CLEANUP_FIELD = "mongo_connection_block"
+
+
+def drill_marker_of(document: dict[str, Any] | None) -> DrillMarker | None:
+    """The DrillMarker of a `_vibeops_drill` document (None: no readable creation time).
+
+    `created_at` as the drill writes it; else the marker's ObjectId time."""
+    if not document:
+        return None
+    created = document.get("created_at")
+    if not isinstance(created, datetime):
+        oid = document.get("_id")
+        created = getattr(oid, "generation_time", None)
+    if not isinstance(created, datetime):
+        return None
+    keep = document.get("keep_until")
+    return DrillMarker(
+        drill_run=str(document.get("drill_run", "?")),
+        source=str(document.get("source", "")),
+        backup_id=str(document.get("backup_id", "")),
+        created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
+        keep_until=(keep if keep.tzinfo else keep.replace(tzinfo=UTC))
+        if isinstance(keep, datetime)
+        else None,
+        status=str(document.get("status", "restoring")),
+    )
+
+
+def _read_marker(client: pymongo.MongoClient[Any], name: str) -> DrillMarker | None:
+    db = client[name]
+    if MARKER_COLLECTION not in db.list_collection_names():
+        return None
+    return drill_marker_of(db[MARKER_COLLECTION].find_one({}))
+
+
+def read_mongo_drill_markers(conn: MongoConnection) -> dict[str, DrillMarker | None]:
+    """Every `drill_*` database with its drill marker (None: no readable `_vibeops_drill`)."""
+    with mongo_client(conn, CLEANUP_FIELD) as client:
+        names = [n for n in client.list_database_names() if n.startswith(DRILL_PREFIX)]
+        return {name: _read_marker(client, name) for name in sorted(names)}
+
+
+def drop_drill_database(conn: MongoConnection, name: str, planned: DrillMarker) -> bool:
+    """Drop a leftover drill database if it still carries the marker it was planned with
+    (a drill that reused the name since is left alone); True when dropped."""
+    if name in SYSTEM_DATABASES or not name.startswith(DRILL_PREFIX):
+        raise RestoreTargetRefused(f"{name!r} is not a drill database; not dropped")
+    with mongo_client(conn, CLEANUP_FIELD) as client:
+        if name not in client.list_database_names():
+            return False
+        current = _read_marker(client, name)
+        same = current is not None and (current.drill_run, current.created_at) == (
+            planned.drill_run,
+            planned.created_at,
+        )
+        if not same:
+            return False
+        client.drop_database(name)
+    return True
 
 
 # -- retention ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tasks.errors import (
     RestoreTargetRefused,
     RetentionPolicyInvalid,
 )
-from tasks.influx import to_ns
+from tasks.influx import parse_drill_bucket_description, to_ns
 from tasks.influx_backup import restore_influx_copy
 from tasks.influx_retention import InfluxTiersRun, count_tier_points
 from tasks.influx_tiers import plan_tiers_rule, tier_steps
@@ -154,6 +154,10 @@ def test_round_trip_two_regions_and_gcs_restores_identical(
 
     stats = restore_one()
     assert stats.points == manifest.total_rows
+    created = influx_server.bucket_by_name(scratch) or {}
+    marker = parse_drill_bucket_description(created.get("description"))
+    assert marker is not None, "the drill marks the bucket it creates (for cleanup-drills)"
+    assert (marker.source, marker.backup_id) == (source, manifest.backup_id)
     assert _series(influx_server, scratch) == _series(influx_server, source_bucket)
 
     drill = restore_drill_influxdb(

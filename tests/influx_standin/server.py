@@ -1,11 +1,11 @@
 """An in-memory InfluxDB 2 API stand-in, spoken to only by the real `influxdb-client`.
 
 What it answers: /ping, /health, /api/v2/orgs, /api/v2/buckets (list by name, create with
-retentionRules, get, delete), /api/v2/write (line protocol; precision ns/us/ms/s; gzip),
-/api/v2/query (the Flux subset in flux.py, as annotated CSV, one table per series) and
-/api/v2/delete (start, stop inclusive, predicate `_measurement="x"`). Token auth with the real
-401 body. What it lacks: the rest of Flux, retention enforcement, shards, field type conflicts,
-users and permissions (one all-access token), tasks, dashboards.
+retentionRules and description, get, delete), /api/v2/write (line protocol; precision
+ns/us/ms/s; gzip), /api/v2/query (the Flux subset in flux.py, as annotated CSV, one table
+per series) and /api/v2/delete (start, stop inclusive, predicate `_measurement="x"`). Token
+auth with the real 401 body. What it lacks: the rest of Flux, retention enforcement, shards,
+field type conflicts, users and permissions (one all-access token), tasks, dashboards.
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ class InfluxStandIn:
     def bucket_by_name(self, name: str) -> dict[str, Any] | None:
         return next((b for b in self.buckets.values() if b["name"] == name), None)
 
-    def create_bucket(self, name: str, rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def create_bucket(
+        self, name: str, rules: list[dict[str, Any]] | None = None, description: str | None = None
+    ) -> dict[str, Any]:
         with self.lock:
             if self.bucket_by_name(name) is not None:
                 raise _Error(422, "conflict", f"bucket with name {name} already exists")
@@ -143,6 +145,8 @@ class InfluxStandIn:
                 },
                 "labels": [],
             }
+            if description is not None:
+                bucket["description"] = description
             self.buckets[bucket_id] = bucket
             self.series[bucket_id] = defaultdict(dict)
             return bucket
@@ -337,7 +341,10 @@ class _Handler(BaseHTTPRequestHandler):
             spec = json.loads(body)
             if spec.get("orgID") != state.org_id:
                 raise _Error(404, "not found", "organization not found")
-            return self._json(201, state.create_bucket(spec["name"], spec.get("retentionRules")))
+            bucket = state.create_bucket(
+                spec["name"], spec.get("retentionRules"), spec.get("description")
+            )
+            return self._json(201, bucket)
         if path.startswith("/api/v2/buckets/"):
             bucket_id = path.rsplit("/", 1)[1]
             with state.lock:
