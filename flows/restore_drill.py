@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -35,6 +34,7 @@ from tasks.drill import (
     Verdict,
     append_history,
     check_scratch_target,
+    failed_copy_outcome,
     format_duration,
     history_file,
     judge,
@@ -265,13 +265,7 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
 
 
 def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: float) -> None:
-    outcome: Literal["corrupt", "unreachable", "failed"] = (
-        "corrupt"
-        if isinstance(exc, BackupVerificationError)
-        else "unreachable"
-        if isinstance(exc, StorageError)
-        else "failed"
-    )
+    outcome = failed_copy_outcome(exc)
     manifest = drill.manifest
     assert manifest is not None
     objects = re.findall(r"(?:gs|file)://\S+", str(exc)) or [

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
@@ -32,6 +31,7 @@ from tasks.drill import (
     append_history,
     drill_event_payload,
     drill_record,
+    failed_copy_outcome,
     format_duration,
     history_file,
     region_try_order,
@@ -203,13 +203,7 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams | None = None) -> Dr
 
 
 def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: float) -> None:
-    outcome: Literal["corrupt", "unreachable", "failed"] = (
-        "corrupt"
-        if isinstance(exc, BackupVerificationError)
-        else "unreachable"
-        if isinstance(exc, StorageError)
-        else "failed"
-    )
+    outcome = failed_copy_outcome(exc)
     manifest = drill.manifest
     assert manifest is not None
     drill.attempts.append(CopyAttempt(region, outcome, str(exc)[:600], seconds=seconds))

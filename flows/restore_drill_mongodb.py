@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
@@ -20,20 +19,22 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from blocks.defaults import resolve_mongo, resolve_store
-from flows.restore_drill import default_history_path
+from blocks.defaults import resolve_mongo, resolve_store, vibeops_home
 from flows.run_names import named_by_source
 from tasks.drill import (
     CopyAttempt,
+    DrillFacts,
     DrillRecord,
     DrillSelection,
     DrillTargets,
     append_history,
     check_scratch_target,
+    drill_event_payload,
+    drill_record,
+    failed_copy_outcome,
     format_duration,
-    judge,
+    history_file,
     region_try_order,
-    rpo_of,
     scratch_database_name,
 )
 from tasks.errors import (
@@ -201,13 +202,7 @@ def restore_drill_mongodb(params: RestoreDrillMongoDBParams | None = None) -> Dr
 
 
 def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: float) -> None:
-    outcome: Literal["corrupt", "unreachable", "failed"] = (
-        "corrupt"
-        if isinstance(exc, BackupVerificationError)
-        else "unreachable"
-        if isinstance(exc, StorageError)
-        else "failed"
-    )
+    outcome = failed_copy_outcome(exc)
     drill.attempts.append(CopyAttempt(region, outcome, str(exc)[:600], seconds=seconds))
     drill.phases["failed_attempts"] = drill.phases.get("failed_attempts", 0.0) + seconds
     get_run_logger().warning("region %s: %s copy: %s", region, outcome, exc)
@@ -216,39 +211,29 @@ def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: flo
 def _publish(drill: _Drill) -> tuple[DrillRecord, str]:
     """Verdict, history record, report artifact and the passed/failed event."""
     params, manifest, stats = drill.params, drill.manifest, drill.stats
-    targets = DrillTargets(rto=params.rto_target, rpo=params.rpo_target)
-    rto = drill.validated_at - drill.started if drill.validated_at and not drill.problems else None
-    rpo = rpo_of(drill.started, manifest.consistent_at) if manifest else None
-    verdict = judge(targets, rto, rpo, drill.problems)
     phases = dict(drill.phases)
     if stats:
         phases.update(download=stats.download_s, load=stats.load_s)
-    restored = next((a.region for a in drill.attempts if a.outcome == "restored"), None)
-    record = DrillRecord(
+    facts = DrillFacts(
         source=f"mongodb/{params.source}",
-        flow_run_id=str(flow_run.get_id() or ""),
-        flow_run_name=flow_run.get_name(),
-        backup_id=manifest.backup_id if manifest else None,
-        engine=ENGINE,
-        region=restored,
-        corrupt_regions=[a.region for a in drill.attempts if a.outcome == "corrupt"],
-        unreachable_regions=sorted(
-            {a.region for a in drill.attempts if a.outcome == "unreachable"}
-            | set(drill.search.unreachable if drill.search else {})
-        ),
-        started_at=drill.started,
-        finished_at=datetime.now(UTC),
-        rto_seconds=rto.total_seconds() if rto else None,
-        rpo_seconds=rpo.total_seconds() if rpo is not None else None,
-        rto_target_seconds=params.rto_target.total_seconds(),
-        rpo_target_seconds=params.rpo_target.total_seconds(),
-        passed=verdict.passed,
-        reasons=list(verdict.reasons),
+        targets=DrillTargets(rto=params.rto_target, rpo=params.rpo_target),
+        started=drill.started,
+        manifest=manifest,
+        attempts=drill.attempts,
+        unreachable=drill.search.unreachable if drill.search else (),
+        validated_at=drill.validated_at,
+        problems=drill.problems,
+        phases=phases,
         rows=manifest.total_rows if manifest else None,
         bytes=stats.compressed_bytes if stats else None,
-        phases={k: round(v, 3) for k, v in phases.items()},
+        engine=ENGINE,
     )
-    append_history(default_history_path(), record)
+    record, verdict = drill_record(
+        facts, datetime.now(UTC), str(flow_run.get_id() or ""), flow_run.get_name()
+    )
+    rto = timedelta(seconds=record.rto_seconds) if record.rto_seconds is not None else None
+    rpo = timedelta(seconds=record.rpo_seconds) if record.rpo_seconds is not None else None
+    append_history(history_file(vibeops_home()), record)
     create_markdown_artifact(
         key=f"restore-drill-mongodb-{params.source.replace('_', '-').replace('.', '-').lower()}",
         markdown=_report(drill, record, rto, rpo),
@@ -260,18 +245,7 @@ def _publish(drill: _Drill) -> tuple[DrillRecord, str]:
             "prefect.resource.id": f"vibeops.drill.mongodb.{params.source}",
             "prefect.resource.name": f"MongoDB restore drill of {params.source}",
         },
-        payload={
-            "kind": "mongodb",
-            "backup_id": record.backup_id,
-            "region": record.region,
-            "rto_seconds": record.rto_seconds,
-            "rpo_seconds": record.rpo_seconds,
-            "rto_target_seconds": record.rto_target_seconds,
-            "rpo_target_seconds": record.rpo_target_seconds,
-            "corrupt_regions": record.corrupt_regions,
-            "unreachable_regions": record.unreachable_regions,
-            "reasons": record.reasons[:10],
-        },
+        payload=drill_event_payload("mongodb", record),
     )
     get_run_logger().info(
         "MongoDB restore drill %s: RTO %s (target %s), RPO %s (target %s)",

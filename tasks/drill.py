@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from tasks.errors import RestoreTargetRefused
+from tasks.errors import BackupVerificationError, RestoreTargetRefused, StorageError
 from tasks.manifest import BACKUP_ID, BackupManifest, TableFacts, validate_source_name
 
 DRILL_PREFIX = "drill_"
@@ -502,6 +502,15 @@ class CopyAttempt:
     seconds: float = 0.0
 
 
+def failed_copy_outcome(exc: Exception) -> Literal["corrupt", "unreachable", "failed"]:
+    """How a region's copy failed: it did not verify, the storage did not answer, or else."""
+    if isinstance(exc, BackupVerificationError):
+        return "corrupt"
+    if isinstance(exc, StorageError):
+        return "unreachable"
+    return "failed"
+
+
 # -- the record of a finished drill (shared by the per-store drills) ---------------------------
 
 
@@ -520,6 +529,7 @@ class DrillFacts:
     phases: dict[str, float] = field(default_factory=dict)
     rows: int | None = None
     bytes: int | None = None
+    engine: str | None = None  # when no manifest was found (else the manifest's engine)
 
 
 def drill_record(
@@ -534,7 +544,7 @@ def drill_record(
         flow_run_id=flow_run_id,
         flow_run_name=flow_run_name,
         backup_id=facts.manifest.backup_id if facts.manifest else None,
-        engine=facts.manifest.engine if facts.manifest else None,
+        engine=facts.manifest.engine if facts.manifest else facts.engine,
         region=next((a.region for a in facts.attempts if a.outcome == "restored"), None),
         corrupt_regions=[a.region for a in facts.attempts if a.outcome == "corrupt"],
         unreachable_regions=sorted(
