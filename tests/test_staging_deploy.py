@@ -26,6 +26,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import StateType
 from pydantic import ValidationError
@@ -551,7 +553,8 @@ def test_second_deploy_waits_or_is_refused_never_interleaves(
     assert image_of(rolling_app, "web") == held  # the refused run changed nothing
 
     second = deploy_in_background("second", third)
-    wait_until(lambda: running_deploys() == 2, 60, "the second deploy to start and wait")
+    # Both running deploys passed their backup gate: the second now waits for the held slot.
+    wait_until(lambda: deploys_past_the_gate() == 2, 60, "the second deploy to start and wait")
     released_at = datetime.now(UTC)
     rolling_app.controller.behave("held", ready=True)
     first.join(120)
@@ -564,10 +567,13 @@ def test_second_deploy_waits_or_is_refused_never_interleaves(
     first_last = first_report.started_at + timedelta(seconds=first_report.timeline[-2].seconds)
     lock = next(e for e in waited.timeline if e.step == "lock")
     second_lock = waited.started_at + timedelta(seconds=lock.seconds)
-    assert waited.started_at < released_at <= first_last <= second_lock
+    gate = next(e for e in waited.timeline if e.step == "backup gate")
+    second_at_the_lock = waited.started_at + timedelta(seconds=gate.seconds)
+    assert second_at_the_lock < released_at <= first_last <= second_lock
 
 
-def running_deploys() -> int:
+def deploys_past_the_gate() -> int:
+    """Running deploy-staging runs that have logged their backup-gate step."""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["deploy-staging"])),
@@ -575,7 +581,12 @@ def running_deploys() -> int:
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
             ),
         )
-    return len(runs)
+        if not runs:
+            return 0
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id for r in runs]))
+        )
+    return len({log.flow_run_id for log in logs if log.message.startswith("backup gate:")})
 
 
 @pytest.mark.kube
