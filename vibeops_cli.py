@@ -75,9 +75,9 @@ def _up(console, api_url: str, rows: int, deploy: bool, drill: bool) -> None:  #
             deploy_all(api_url)
         console.print("deployments registered on work pool `vibeops-process`")
 
-    from flows.backup import BackupMySQLParams, backup_mysql
+    from flows.backup import backup_mysql
 
-    manifest = backup_mysql(BackupMySQLParams())
+    manifest = backup_mysql()
     console.print(
         f"\n[bold green]backup {manifest.backup_id} committed[/] ({manifest.total_size / 1e6:.1f} MB {manifest.codec}):"
     )
@@ -85,9 +85,9 @@ def _up(console, api_url: str, rows: int, deploy: bool, drill: bool) -> None:  #
         console.print(f"  {region.region}: {region.uri}")
     exit_code = 0
     if drill:
-        from flows.restore_drill import RestoreDrillParams, restore_drill
+        from flows.restore_drill import restore_drill
 
-        state = restore_drill(RestoreDrillParams(), return_state=True)
+        state = restore_drill(return_state=True)
         outcome = state.result(raise_on_failure=False)
         record = getattr(outcome, "record", outcome)  # DrillFailed carries the record
         if hasattr(record, "passed"):
@@ -148,10 +148,10 @@ def backup(
     codec: str = typer.Option("zstd", help="zstd or gzip."),
 ) -> None:
     """Run backup-mysql once in this process."""
-    from flows.backup import BackupMySQLParams, backup_mysql
+    from flows.backup import backup_mysql
 
     manifest = backup_mysql(
-        BackupMySQLParams(source=database, database=database, store_block=store_block, codec=codec)  # type: ignore[arg-type]
+        source=database, database=database, store_block=store_block, codec=codec
     )
     typer.echo(f"{manifest.backup_id}: {', '.join(r.uri for r in manifest.regions)}")
 
@@ -163,9 +163,9 @@ def drill(
     """Run restore-drill once in this process."""
     from rich.console import Console
 
-    from flows.restore_drill import RestoreDrillParams, restore_drill
+    from flows.restore_drill import restore_drill
 
-    state = restore_drill(RestoreDrillParams(source=source), return_state=True)
+    state = restore_drill(source=source, return_state=True)
     outcome = state.result(raise_on_failure=False)
     record = getattr(outcome, "record", outcome)
     if not hasattr(record, "passed"):

@@ -45,10 +45,11 @@ FLOW_RUNNER = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from flows.backup import BackupMySQLParams, backup_mysql
+from flows.forms import params_of
 params = BackupMySQLParams(source="bench", database="vibebench", connection_block=sys.argv[2],
                            store_block=sys.argv[3])
 started = time.perf_counter()
-manifest = backup_mysql(params)
+manifest = backup_mysql(**params_of(params))
 seconds = time.perf_counter() - started
 print("FLOW " + json.dumps({"seconds": seconds, "size": manifest.total_size,
       "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))

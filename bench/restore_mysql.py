@@ -124,8 +124,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, port: int) -> None:
     from blocks.defaults import local_backup_store, local_mysql_connection
-    from flows.backup import BackupMySQLParams, backup_mysql
-    from flows.restore_drill import RestoreDrillParams, restore_drill
+    from flows.backup import backup_mysql
+    from flows.restore_drill import restore_drill
     from tasks.drill import DrillMarker
     from tasks.mydumper import restore_mydumper
     from tasks.mysql import defaults_file, table_row_counts
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, port: int) -> None:
     conn = local_mysql_connection("vibebench")
     print(f"MariaDB on port {port}; seeding {args.rows:,} rows", flush=True)
     timed("seed", lambda: seed(conn, "vibebench", args.rows))
-    manifest = backup_mysql(BackupMySQLParams(source="vibebench", database="vibebench"))
+    manifest = backup_mysql(source="vibebench", database="vibebench")
     store = open_store(local_backup_store().destinations[0])
     obj = manifest.objects[0]
     path = Path(store.root) / manifest.object_key(obj.name)  # type: ignore[attr-defined]
@@ -151,12 +151,7 @@ def run(args: argparse.Namespace, port: int) -> None:
     quiesce(conn)
     engines = {
         engine: backup_mysql(
-            BackupMySQLParams(
-                source="vibebench",
-                database="vibebench",
-                engine=engine,  # type: ignore[arg-type]
-                threads=args.connections,
-            )
+            source="vibebench", database="vibebench", engine=engine, threads=args.connections
         )
         for engine in ("mydumper", "physical")
     }
@@ -269,9 +264,7 @@ def run(args: argparse.Namespace, port: int) -> None:
     ):
         quiesce(conn)
         record = restore_drill(
-            RestoreDrillParams(
-                source="vibebench", backup=backup_id, load_connections=args.connections
-            )
+            source="vibebench", backup=backup_id, load_connections=args.connections
         )
         assert record.rto_seconds is not None
         rto[engine] = record.rto_seconds

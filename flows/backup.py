@@ -11,7 +11,8 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mysql, resolve_store
-from flows.run_names import named_by_source
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.backup import build_manifest, commit_manifest, preflight, stream_dump, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.engines import resolve_engine
@@ -150,17 +151,18 @@ def publish_backup_failure(
 
 @flow(
     name="backup-mysql",
-    flow_run_name=named_by_source("backup-mysql", BackupMySQLParams),
+    flow_run_name=run_name("backup-mysql-{source}"),
     description="Dump MySQL consistently, compress, stream to every region, verify, commit.",
     timeout_seconds=6 * 3600,
 )
-def backup_mysql(params: BackupMySQLParams | None = None) -> BackupManifest:
+@form(BackupMySQLParams)
+@form(BackupMySQLParams)
+def backup_mysql(params: BackupMySQLParams) -> BackupManifest:
     """Back up one MySQL database into every region of the backup store.
 
     Returns:
         The committed manifest.
     """
-    params = params or BackupMySQLParams()
     logger = get_run_logger()
     started = datetime.now(UTC)
     conn = resolve_mysql(params.connection_block, params.database)

@@ -18,7 +18,8 @@ from flows.backup import (
     publish_backup_failure,
     region_rows,
 )
-from flows.run_names import named_by_source
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.influx_backup import (
@@ -98,18 +99,18 @@ def _summary(manifest: BackupManifest, checks: list[RegionCheck], seconds: float
 
 @flow(
     name="backup-influxdb",
-    flow_run_name=named_by_source("backup-influxdb", BackupInfluxParams),
+    flow_run_name=run_name("backup-influxdb-{source}"),
     description="Export an InfluxDB bucket as line protocol, compress, stream to every region, "
     "verify, commit.",
     timeout_seconds=6 * 3600,
 )
-def backup_influxdb(params: BackupInfluxParams | None = None) -> BackupManifest:
+@form(BackupInfluxParams)
+def backup_influxdb(params: BackupInfluxParams) -> BackupManifest:
     """Back up one InfluxDB bucket into every region of the backup store.
 
     Returns:
         The committed manifest.
     """
-    params = params or BackupInfluxParams()
     started = datetime.now(UTC)
     conn = resolve_influx(params.connection_block)
     stores = [open_store(d) for d in resolve_store(params.store_block).destinations]

@@ -18,7 +18,8 @@ from flows.backup import (
     publish_backup_failure,
     region_rows,
 )
-from flows.run_names import named_by_source
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
@@ -84,17 +85,17 @@ def _summary(manifest: BackupManifest, checks: list[RegionCheck], seconds: float
 
 @flow(
     name="backup-mongodb",
-    flow_run_name=named_by_source("backup-mongodb", BackupMongoDBParams),
+    flow_run_name=run_name("backup-mongodb-{source}"),
     description="Dump one MongoDB database, compress, stream to every region, verify, commit.",
     timeout_seconds=6 * 3600,
 )
-def backup_mongodb(params: BackupMongoDBParams | None = None) -> BackupManifest:
+@form(BackupMongoDBParams)
+def backup_mongodb(params: BackupMongoDBParams) -> BackupManifest:
     """Back up one MongoDB database into every region of the backup store.
 
     Returns:
         The committed manifest.
     """
-    params = params or BackupMongoDBParams()
     started = datetime.now(UTC)
     conn = resolve_mongo(params.connection_block, params.database)
     stores = [open_store(d) for d in resolve_store(params.store_block).destinations]

@@ -23,6 +23,8 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
 import blocks
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.errors import (
     IncidentRunbookFailed,
     KubernetesApiError,
@@ -154,10 +156,11 @@ def _publish(report: IncidentReport, key: str) -> None:
 
 @flow(
     name="restart-deployment",
-    flow_run_name="restart-{params.namespace}-{params.deployment}",
+    flow_run_name=run_name("restart-{namespace}-{deployment}"),
     description="Rolling restart of a Deployment (kubectl rollout restart), wait until ready.",
     timeout_seconds=3600,
 )
+@form(RestartDeploymentParams)
 def restart_deployment(params: RestartDeploymentParams) -> IncidentReport:
     """Restart every pod of a Deployment by stamping its template, and wait for the rollout.
 
@@ -244,10 +247,11 @@ def wait_for_replacement_pod(
 
 @flow(
     name="recycle-hung-pod",
-    flow_run_name="recycle-{params.namespace}-{params.pod}",
+    flow_run_name=run_name("recycle-{namespace}-{pod}"),
     description="Save a hung pod's last logs, delete it, confirm the replacement runs (5 tries).",
     timeout_seconds=3600,
 )
+@form(RecycleHungPodParams)
 def recycle_hung_pod(params: RecycleHungPodParams) -> IncidentReport:
     """The seed's "benchmark hangs" runbook.
 

@@ -23,7 +23,8 @@ from pydantic import BaseModel, Field
 
 from blocks.defaults import resolve_mongo, resolve_mysql, resolve_store, vibeops_home
 from blocks.influx import resolve_influx
-from flows.run_names import named_by_source
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.drill import (
     CleanupItem,
     CopyAttempt,
@@ -144,11 +145,12 @@ class _Drill:
 
 @flow(
     name="restore-drill",
-    flow_run_name=named_by_source("restore-drill", RestoreDrillParams),
+    flow_run_name=run_name("restore-drill-{source}"),
     description="Restore the newest backup into a scratch database, validate it, measure RTO/RPO.",
     timeout_seconds=8 * 3600,
 )
-def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
+@form(RestoreDrillParams)
+def restore_drill(params: RestoreDrillParams) -> DrillRecord:
     """Prove that a backup restores within the RTO and that it is recent enough for the RPO.
 
     Returns:
@@ -158,7 +160,6 @@ def restore_drill(params: RestoreDrillParams | None = None) -> DrillRecord:
         RestoreTargetRefused: the scratch database would be the source (before any work).
         DrillFailed: validation failed or a target was missed (after the report).
     """
-    params = params or RestoreDrillParams()
     logger = get_run_logger()
     # Refusals and configuration first: nothing is read or written before these pass.
     if params.scratch_database:
@@ -573,15 +574,15 @@ class CleanupDrillsParams(BaseModel):
 
 @flow(
     name="cleanup-drills",
-    flow_run_name="cleanup-drills",
+    flow_run_name=run_name("cleanup-drills"),
     description="Drop scratch databases of restore drills whose keep window is over, leftover "
     "MongoDB/InfluxDB drill targets (opt-in), and throwaway servers that crashed physical "
     "drills left on this worker.",
     timeout_seconds=3600,
 )
-def cleanup_drills(params: CleanupDrillsParams | None = None) -> list[CleanupItem]:
+@form(CleanupDrillsParams)
+def cleanup_drills(params: CleanupDrillsParams) -> list[CleanupItem]:
     """Drop expired or abandoned drill databases and buckets (never one without a marker)."""
-    params = params or CleanupDrillsParams()
     server = resolve_mysql(params.drill_server_block)
     mongo = (
         None

@@ -20,7 +20,8 @@ from pydantic import Field
 
 from blocks.defaults import resolve_store, vibeops_home
 from blocks.influx import resolve_influx
-from flows.run_names import named_by_source
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.drill import (
     CopyAttempt,
     DrillFacts,
@@ -103,11 +104,12 @@ def _resource(source: str) -> dict[str, str]:
 
 @flow(
     name="restore-drill-influxdb",
-    flow_run_name=named_by_source("restore-drill-influxdb", RestoreDrillInfluxParams),
+    flow_run_name=run_name("restore-drill-influxdb-{source}"),
     description="Restore the newest InfluxDB backup into a scratch bucket, validate, RTO/RPO.",
     timeout_seconds=8 * 3600,
 )
-def restore_drill_influxdb(params: RestoreDrillInfluxParams | None = None) -> DrillRecord:
+@form(RestoreDrillInfluxParams)
+def restore_drill_influxdb(params: RestoreDrillInfluxParams) -> DrillRecord:
     """Prove that an InfluxDB backup restores within the RTO and is recent enough for the RPO.
 
     Returns:
@@ -117,7 +119,6 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams | None = None) -> Dr
         RestoreTargetRefused: the scratch bucket would be the source bucket.
         DrillFailed: validation failed or a target was missed (after the report).
     """
-    params = params or RestoreDrillInfluxParams()
     if params.scratch_database:
         check_scratch_bucket(params.scratch_database, "")
     conn = resolve_influx(params.connection_block)

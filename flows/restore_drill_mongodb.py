@@ -20,7 +20,8 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks.defaults import resolve_mongo, resolve_store, vibeops_home
-from flows.run_names import named_by_source
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.drill import (
     CopyAttempt,
     DrillFacts,
@@ -106,11 +107,12 @@ class _Drill:
 
 @flow(
     name="restore-drill-mongodb",
-    flow_run_name=named_by_source("restore-drill-mongodb", RestoreDrillMongoDBParams),
+    flow_run_name=run_name("restore-drill-mongodb-{source}"),
     description="Restore the newest MongoDB backup into a scratch database, validate, RTO/RPO.",
     timeout_seconds=8 * 3600,
 )
-def restore_drill_mongodb(params: RestoreDrillMongoDBParams | None = None) -> DrillRecord:
+@form(RestoreDrillMongoDBParams)
+def restore_drill_mongodb(params: RestoreDrillMongoDBParams) -> DrillRecord:
     """Prove that a MongoDB backup restores within the RTO and is recent enough for the RPO.
 
     Returns:
@@ -120,7 +122,6 @@ def restore_drill_mongodb(params: RestoreDrillMongoDBParams | None = None) -> Dr
         RestoreTargetRefused: the scratch database would be the source (nothing is written).
         DrillFailed: validation failed or a target was missed (after the report).
     """
-    params = params or RestoreDrillMongoDBParams()
     server = resolve_mongo(params.drill_server_block, field="drill_server_block")
     protected = [params.source, server.database, *SYSTEM_DATABASES]
     if params.scratch_database:

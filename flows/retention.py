@@ -41,6 +41,8 @@ from blocks.defaults import resolve_mongo, resolve_mysql, resolve_store
 from blocks.influx import resolve_influx
 from blocks.mongo import MongoConnection
 from blocks.retention import RetentionPolicy
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.errors import ConfigurationError, RetentionIncomplete, RetentionPolicyInvalid
 from tasks.influx_retention import InfluxTiersRun, count_tier_points, run_influx_tiers
 from tasks.influx_tiers import plan_tiers_rule
@@ -376,14 +378,10 @@ def _execute(
     return outcome
 
 
-def _run_name() -> str:
+def _run_name(parameters: dict[str, Any]) -> str:
     """`purge-retention-<policy>-<dry-run|run>`, from the run's parameters."""
-    from prefect.runtime import flow_run
-
-    raw = flow_run.parameters.get("params") or {}
-    values = raw.model_dump() if isinstance(raw, BaseModel) else dict(raw)
-    mode = "dry-run" if values.get("dry_run", True) else "run"
-    return f"purge-retention-{values.get('policy_block') or 'seed'}-{mode}"
+    mode = "dry-run" if parameters.get("dry_run", True) else "run"
+    return f"purge-retention-{parameters.get('policy_block') or 'seed'}-{mode}"
 
 
 def _refuse(policy_name: str, exc: Exception) -> None:
@@ -401,11 +399,12 @@ def _refuse(policy_name: str, exc: Exception) -> None:
 
 @flow(
     name="purge-retention",
-    flow_run_name=_run_name,
+    flow_run_name=run_name(_run_name),
     description="Validate the retention policy, plan every rule, then purge/archive/compress.",
     timeout_seconds=12 * 3600,
 )
-def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutcome]:
+@form(PurgeRetentionParams)
+def purge_retention(params: PurgeRetentionParams) -> list[RuleOutcome]:
     """Carry out the retention policy (or only plan it when dry_run).
 
     Returns:
@@ -415,7 +414,6 @@ def purge_retention(params: PurgeRetentionParams | None = None) -> list[RuleOutc
         RetentionPolicyInvalid: the policy breaks a guard or names unknown tables/columns.
         RetentionIncomplete: a rule failed or was refused; the others were carried out.
     """
-    params = params or PurgeRetentionParams()
     logger = get_run_logger()
     policy_name = params.policy_block or "seed"
     wall_clock = datetime.now(UTC)

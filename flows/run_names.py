@@ -1,23 +1,35 @@
-"""Flow-run names that also work for a run started without parameters (the UI's quick run)."""
+"""Flow-run names from the parameters, keeping a name the user typed in the run form."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Any
 
-from pydantic import BaseModel
+# Prefect names runs it creates with two random words ("smart-hedgehog"); anything else was typed.
+GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")
 
 
-def named_by_source(prefix: str, model: type[BaseModel]) -> Callable[[], str]:
-    """A `flow_run_name` callable: `<prefix>-<params.source>`, or the model's default source."""
+def keeps_typed_name(current: str | None) -> bool:
+    """True when `current` is a name someone chose, not one Prefect generated."""
+    return bool(current) and not GENERATED_NAME.fullmatch(current or "")
 
-    def run_name() -> str:
+
+def run_name(template: str | Callable[[dict[str, Any]], str]) -> Callable[[], str]:
+    """A `flow_run_name` callable: a typed run name, else `template` over the parameters.
+
+    Args:
+        template: A format string over the flow's parameters (`"backup-mysql-{source}"`), or a
+            function of the parameters dict.
+    """
+
+    def name() -> str:
         from prefect.runtime import flow_run
 
-        raw = flow_run.parameters.get("params")
-        if isinstance(raw, BaseModel):
-            source = getattr(raw, "source", "")
-        else:
-            source = (raw or {}).get("source", "")
-        return f"{prefix}-{source or model.model_fields['source'].default}"
+        current = flow_run.get_name()
+        if keeps_typed_name(current):
+            return current  # type: ignore[return-value]
+        parameters = dict(flow_run.get_parameters())
+        return template(parameters) if callable(template) else template.format(**parameters)
 
-    return run_name
+    return name

@@ -33,6 +33,8 @@ from prefect.transactions import transaction
 from pydantic import BaseModel, Field, field_validator
 
 import blocks
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.catalog import newest_committed_backup
 from tasks.deploy_lock import deploy_lock
 from tasks.deploy_rules import (
@@ -330,11 +332,12 @@ def _artifact_key(prefix: str, target: ClusterTarget) -> str:
 
 @flow(
     name="deploy-staging",
-    flow_run_name="deploy-{params.app}-{params.strategy}",
+    flow_run_name=run_name("deploy-{app}-{strategy}"),
     description="Deploy an image to staging (rolling or blue-green) with smoke checks, a backup "
     "gate and automatic rollback.",
     timeout_seconds=3 * 3600,
 )
+@form(DeployStagingParams)
 def deploy_staging(params: DeployStagingParams) -> DeployReport:
     """Deploy `params.image`; on any failure restore the previous version and fail.
 
@@ -559,14 +562,12 @@ def _schedule_scale_down(params: DeployStagingParams, colour: str, when: datetim
         flow_run = run_deployment(
             SCALE_DOWN_DEPLOYMENT,
             parameters={
-                "params": {
-                    "namespace": params.namespace,
-                    "app": params.app,
-                    "cluster_block": params.cluster_block,
-                    "service_port": params.service_port,
-                    "colour": colour,
-                    "dry_run": False,
-                }
+                "namespace": params.namespace,
+                "app": params.app,
+                "cluster_block": params.cluster_block,
+                "service_port": params.service_port,
+                "colour": colour,
+                "dry_run": False,
             },
             scheduled_time=when,
             timeout=0,
@@ -588,10 +589,11 @@ def _schedule_scale_down(params: DeployStagingParams, colour: str, when: datetim
 
 @flow(
     name="scale-down-idle-colour",
-    flow_run_name="scale-down-{params.app}-{params.colour}",
+    flow_run_name=run_name("scale-down-{app}-{colour}"),
     description="After the keep window, scale the idle blue-green colour to zero.",
     timeout_seconds=900,
 )
+@form(ScaleDownParams)
 def scale_down_idle_colour(params: ScaleDownParams) -> DeployReport:
     """Scale `<app>-<colour>` to 0 if it is idle and its keep window is over.
 
@@ -629,10 +631,11 @@ def scale_down_idle_colour(params: ScaleDownParams) -> DeployReport:
 
 @flow(
     name="rollback-deploy",
-    flow_run_name="rollback-{params.app}",
+    flow_run_name=run_name("rollback-{app}"),
     description="Undo the last staging promotion while the previous version is still kept.",
     timeout_seconds=1800,
 )
+@form(RollbackParams)
 def rollback_deploy(params: RollbackParams) -> DeployReport:
     """Blue-green: switch the Service back to the previous colour (scaling it up if needed).
     Rolling: patch the previous image back. Only within the promotion's keep window; else

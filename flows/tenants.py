@@ -21,7 +21,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mysql, resolve_store
 from blocks.tenants import resolve_kube_cluster, resolve_tenant_settings, resolve_tiers
-from flows.backup import BackupMySQLParams, backup_mysql
+from flows.backup import backup_mysql
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.errors import (
     DeprovisionRefused,
     RehearsedFailure,
@@ -232,11 +234,12 @@ def _kube_manifests(names: TenantNames, params: ProvisionTenantParams, tier, net
 
 @flow(
     name="provision-tenant",
-    flow_run_name="provision-tenant-{params.tenant}",
+    flow_run_name=run_name("provision-tenant-{tenant}"),
     description="Create or reconcile a tenant: namespace, quota, limits, network policy, RBAC, "
     "MySQL database and user, credentials, ingress, registry row. Transactional.",
     timeout_seconds=1800,
 )
+@form(ProvisionTenantParams)
 def provision_tenant(params: ProvisionTenantParams) -> ProvisionReport:
     """Provision one tenant (idempotent; a changed tier is updated in place).
 
@@ -487,11 +490,12 @@ def _plan(names: TenantNames, inventory: TenantInventory, has_db: bool) -> list[
 
 @flow(
     name="deprovision-tenant",
-    flow_run_name="deprovision-tenant-{params.tenant}",
+    flow_run_name=run_name("deprovision-tenant-{tenant}"),
     description="Plan (dry run by default), take and verify a final backup, then remove a "
     "tenant: ingress, workloads, namespace, MySQL user and database; registry row kept.",
     timeout_seconds=6 * 3600,
 )
+@form(DeprovisionTenantParams)
 def deprovision_tenant(params: DeprovisionTenantParams) -> DeprovisionReport:
     """Deprovision one tenant known to the registry.
 
@@ -563,12 +567,10 @@ def deprovision_tenant(params: DeprovisionTenantParams) -> DeprovisionReport:
         final_backup: dict[str, Any] = {}
         if inventory.database:
             manifest = backup_mysql(
-                BackupMySQLParams(
-                    source=names.database,
-                    database=names.database,
-                    connection_block=settings.mysql_block,
-                    store_block=settings.store_block,
-                )
+                source=names.database,
+                database=names.database,
+                connection_block=settings.mysql_block,
+                store_block=settings.store_block,
             )
             uris = verify_final_backup(resolve_store(settings.store_block), manifest)
             final_backup = {

@@ -295,7 +295,9 @@ def read_backup_failures(
         )
     failures: dict[str, datetime] = {}
     for run in runs:
-        params = (run.parameters or {}).get("params") or {}
+        parameters = run.parameters or {}
+        # Runs from before flows took top-level fields kept them under "params".
+        params = parameters.get("params") or parameters
         source = params.get("source") if isinstance(params, dict) else None
         source = source if isinstance(source, str) and source else default_source
         ended = run.end_time or run.expected_start_time

@@ -89,7 +89,7 @@ def run_started_by(deployments: dict[str, UUID], alertname: str, fingerprint: st
 
 
 def params_of(run: Any) -> dict[str, Any]:
-    return run.parameters["params"]
+    return run.parameters
 
 
 def by_test_label(label: str, value: str) -> Callable[[Any], bool]:

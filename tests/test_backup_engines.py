@@ -20,6 +20,7 @@ import pytest
 
 from blocks import MySQLConnection
 from flows.backup import BackupMySQLParams, backup_mysql
+from flows.forms import params_of
 from flows.restore_drill import RestoreDrillParams, default_history_path, restore_drill
 from tasks.backup_stream import StreamResult, verify_copies
 from tasks.drill import DrillMarker, DrillRecord, read_history
@@ -101,13 +102,15 @@ def golden(tmp_path_factory: pytest.TempPathFactory, source_db: str, mysql_root:
         made[engine] = (
             root,
             backup_mysql(
-                params.model_copy(
-                    update={
-                        "source": source_db,
-                        "database": source_db,
-                        "connection_block": save_block(block),
-                        "store_block": save_block(local_store(root)),
-                    }
+                **params_of(
+                    params.model_copy(
+                        update={
+                            "source": source_db,
+                            "database": source_db,
+                            "connection_block": save_block(block),
+                            "store_block": save_block(local_store(root)),
+                        }
+                    )
                 )
             ),
         )
@@ -257,7 +260,7 @@ def test_drill_passes_and_reports_the_engine_and_its_rto(
 ) -> None:
     _, store_block, manifest = regions_copy(golden, engine, tmp_path)
     state = restore_drill(
-        drill_params(source_db, store_block, server_block, manifest.backup_id),
+        **params_of(drill_params(source_db, store_block, server_block, manifest.backup_id)),
         return_state=True,
     )
     assert state.is_completed(), state
@@ -279,7 +282,9 @@ def test_drill_falls_back_from_a_corrupt_copy(
 ) -> None:
     root, store_block, manifest = regions_copy(golden, engine, tmp_path)
     flip_byte(object_path(root, "local-a", manifest))
-    record = restore_drill(drill_params(source_db, store_block, server_block, manifest.backup_id))
+    record = restore_drill(
+        **params_of(drill_params(source_db, store_block, server_block, manifest.backup_id))
+    )
     assert record.passed and record.region == "local-b"
     assert record.corrupt_regions == ["local-a"]
     assert not list((vibeops_home / "drill-servers").glob("*"))
@@ -314,7 +319,7 @@ def test_failing_physical_drill_still_removes_its_throwaway_server(
     watcher.start()
     try:
         state = restore_drill(
-            drill_params(source_db, store_block, server_block, manifest.backup_id),
+            **params_of(drill_params(source_db, store_block, server_block, manifest.backup_id)),
             return_state=True,
         )
     finally:
@@ -376,7 +381,9 @@ def test_backup_killed_mid_stream_leaves_no_manifest(
     killer = threading.Thread(target=kill_tool, daemon=True)
     killer.start()
     state = backup_mysql(
-        backup_params(engine, big_db, save_block(mysql_root), save_block(local_store(tmp_path))),
+        **params_of(
+            backup_params(engine, big_db, save_block(mysql_root), save_block(local_store(tmp_path)))
+        ),
         return_state=True,
     )
     killer.join()
@@ -417,7 +424,7 @@ def test_missing_tool_fails_before_any_work_naming_the_package(
     monkeypatch.setenv("PATH", str(empty))
     store = tmp_path / "regions"
     state = backup_mysql(
-        backup_params(engine, source_db, server_block, save_block(local_store(store))),
+        **params_of(backup_params(engine, source_db, server_block, save_block(local_store(store)))),
         return_state=True,
     )
     with pytest.raises(ConfigurationError, match=f"apt-get install -y {package}$"):
@@ -438,7 +445,9 @@ def test_physical_drill_without_its_tools_names_the_package_and_leaves_nothing(
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(DrillFailed, match="apt-get install -y mariadb-backup"):
-        restore_drill(drill_params(source_db, store_block, server_block, manifest.backup_id))
+        restore_drill(
+            **params_of(drill_params(source_db, store_block, server_block, manifest.backup_id))
+        )
     assert not list((vibeops_home / "drill-servers").glob("*"))
 
 
@@ -466,7 +475,7 @@ def test_writes_during_the_backup_keep_the_facts_exact(
     writer.start()
     try:
         store_block = save_block(local_store(tmp_path))
-        manifest = backup_mysql(backup_params(engine, name, server_block, store_block))
+        manifest = backup_mysql(**params_of(backup_params(engine, name, server_block, store_block)))
         before = written[0]
         time.sleep(0.3)
         assert written[0] > before, "the writer must still be committing after the backup"
@@ -476,8 +485,10 @@ def test_writes_during_the_backup_keep_the_facts_exact(
         if engine == "physical":
             assert manifest.physical and manifest.physical.exact_by == "binlog-position"
         record = restore_drill(
-            RestoreDrillParams(
-                source=name, store_block=store_block, drill_server_block=server_block
+            **params_of(
+                RestoreDrillParams(
+                    source=name, store_block=store_block, drill_server_block=server_block
+                )
             )
         )
         assert record.passed, record.reasons
@@ -515,11 +526,13 @@ def test_password_never_in_argv_logs_artifacts_or_events(
     try:
         store_block = save_block(local_store(tmp_path))
         backup = backup_mysql(
-            backup_params(engine, source_db, conn_block, store_block),
+            **params_of(backup_params(engine, source_db, conn_block, store_block)),
             return_state=True,
         )
         drill = restore_drill(
-            drill_params(source_db, store_block, conn_block, backup.result().backup_id),
+            **params_of(
+                drill_params(source_db, store_block, conn_block, backup.result().backup_id)
+            ),
             return_state=True,
         )
     finally:

@@ -17,6 +17,7 @@ import zstandard
 
 from blocks import BackupStore, MySQLConnection
 from flows.backup import BackupMySQLParams, backup_mysql
+from flows.forms import params_of
 from tasks.catalog import scan_backups
 from tasks.errors import (
     DatabaseAuthError,
@@ -91,7 +92,9 @@ def test_round_trip_restores_identical_tables_and_routines(
     mysql_root: MySQLConnection, sample_db: str, tmp_path: Path
 ) -> None:
     store = local_store(tmp_path)
-    manifest = backup_mysql(_params(save_block(mysql_root), save_block(store), sample_db))
+    manifest = backup_mysql(
+        **params_of(_params(save_block(mysql_root), save_block(store), sample_db))
+    )
 
     assert manifest.codec == "zstd" and len(manifest.regions) == 2
     assert set(manifest.tables) == {
@@ -141,7 +144,7 @@ def test_gzip_codec_passes_the_seeds_gzip_check(
 ) -> None:
     store = local_store(tmp_path, regions=("only",))
     manifest = backup_mysql(
-        _params(save_block(mysql_root), save_block(store), sample_db, codec="gzip")
+        **params_of(_params(save_block(mysql_root), save_block(store), sample_db, codec="gzip"))
     )
     path = tmp_path / "only" / manifest.object_key("dump.sql.gz")
     subprocess.run(["gzip", "-t", str(path)], check=True)
@@ -155,7 +158,9 @@ def test_backup_to_gcs_and_local_in_one_pass(
     store = BackupStore(
         destinations=[gcs_destination("us-central1", bucket), local_store(tmp_path).destinations[0]]
     )
-    manifest = backup_mysql(_params(save_block(mysql_root), save_block(store), sample_db))
+    manifest = backup_mysql(
+        **params_of(_params(save_block(mysql_root), save_block(store), sample_db))
+    )
     gcs = open_store(store.destinations[0])
     assert manifest.regions[0].uri.startswith(f"gs://{bucket}/mysql/")
     data = gcs.read_bytes(manifest.object_key("dump.sql.zst"))
@@ -197,7 +202,9 @@ def test_bad_source_fails_clearly_and_writes_nothing(
     else:
         database = "no_such_db"
     store = local_store(tmp_path)
-    state = backup_mysql(_params(save_block(conn), save_block(store), database), return_state=True)
+    state = backup_mysql(
+        **params_of(_params(save_block(conn), save_block(store), database)), return_state=True
+    )
     exc = _state_exception(state)
     assert isinstance(exc, error), exc
     assert message in str(exc)
@@ -216,7 +223,8 @@ def test_missing_bucket_is_named_and_nothing_written(
         ]
     )
     state = backup_mysql(
-        _params(save_block(mysql_root), save_block(store), sample_db), return_state=True
+        **params_of(_params(save_block(mysql_root), save_block(store), sample_db)),
+        return_state=True,
     )
     exc = _state_exception(state)
     assert isinstance(exc, DestinationMissing)
@@ -239,7 +247,8 @@ def test_unreachable_gcs_fails_within_its_retry_deadline(
             ]
         )
         state = backup_mysql(
-            _params(save_block(mysql_root), save_block(store), sample_db), return_state=True
+            **params_of(_params(save_block(mysql_root), save_block(store), sample_db)),
+            return_state=True,
         )
     exc = _state_exception(state)
     assert isinstance(exc, StorageError), exc
@@ -290,7 +299,8 @@ def test_password_never_in_argv_logs_artifacts_or_events(
     watcher.start()
     try:
         state = backup_mysql(
-            _params(save_block(conn), save_block(local_store(tmp_path)), big_db), return_state=True
+            **params_of(_params(save_block(conn), save_block(local_store(tmp_path)), big_db)),
+            return_state=True,
         )
     finally:
         stop.set()
@@ -327,7 +337,7 @@ def test_dump_killed_mid_stream_leaves_no_backup(
     killer.start()
     store = local_store(tmp_path)
     state = backup_mysql(
-        _params(save_block(mysql_root), save_block(store), big_db), return_state=True
+        **params_of(_params(save_block(mysql_root), save_block(store), big_db)), return_state=True
     )
     killer.join()
     assert killed
@@ -371,7 +381,7 @@ def test_gcs_server_stopped_mid_upload_leaves_no_backup(
 
             threading.Thread(target=stop_mid_upload, daemon=True).start()
             state = backup_mysql(
-                _params(save_block(mysql_root), store_name, big_db), return_state=True
+                **params_of(_params(save_block(mysql_root), store_name, big_db)), return_state=True
             )
     finally:
         doomed.stop()

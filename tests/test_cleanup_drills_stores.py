@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from blocks import InfluxConnection, MongoConnection, MySQLConnection
+from flows.forms import params_of
 from flows.restore_drill import INFLUX_ITEM, MONGO_ITEM, CleanupDrillsParams, cleanup_drills
 from tasks.drill import CleanupItem, DrillMarker
 from tasks.errors import DatabaseUnreachable
@@ -55,7 +56,7 @@ def _items(plan: list[CleanupItem], what: str, names: dict[str, str]) -> dict[st
 
 
 def _run(params: CleanupDrillsParams) -> tuple[list[CleanupItem], uuid.UUID]:
-    state = cleanup_drills(params, return_state=True)
+    state = cleanup_drills(**params_of(params), return_state=True)
     return state.result(), state.state_details.flow_run_id
 
 
@@ -280,7 +281,9 @@ def test_stores_left_unset_are_never_contacted(
     assert len(influx_server.requests) == seen
 
     state = cleanup_drills(
-        CleanupDrillsParams(drill_server_block=server_block, influx_connection_block=""),
+        **params_of(
+            CleanupDrillsParams(drill_server_block=server_block, influx_connection_block="")
+        ),
         return_state=True,
     )
     with pytest.raises(DatabaseUnreachable, match=f"127.0.0.1:{closed}"):

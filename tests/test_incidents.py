@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from blocks.kube import KubeCluster
+from flows.forms import params_of
 from flows.incidents import (
     RecycleHungPodParams,
     RestartDeploymentParams,
@@ -127,8 +128,10 @@ def test_restart_deployment_replaces_every_pod_and_waits(kube_api: Any, cluster:
     before = {p["metadata"]["name"] for p in running_pods(kube_api, "vibebench-core", 2)}
 
     report = restart_deployment(
-        RestartDeploymentParams(
-            namespace=NS, deployment="vibebench-core", cluster_block=cluster, dry_run=False
+        **params_of(
+            RestartDeploymentParams(
+                namespace=NS, deployment="vibebench-core", cluster_block=cluster, dry_run=False
+            )
         )
     )
 
@@ -143,7 +146,11 @@ def test_restart_deployment_dry_run_changes_nothing(kube_api: Any, cluster: str)
     kube_api.put(deployment("vibebench-core", "repo/core:1"))
     running_pods(kube_api, "vibebench-core", 2)
     report = restart_deployment(
-        RestartDeploymentParams(namespace=NS, deployment="vibebench-core", cluster_block=cluster)
+        **params_of(
+            RestartDeploymentParams(
+                namespace=NS, deployment="vibebench-core", cluster_block=cluster
+            )
+        )
     )
     assert report.outcome.startswith("DRY RUN")
     dep = kube_api.get("Deployment", "vibebench-core", NS)
@@ -153,8 +160,10 @@ def test_restart_deployment_dry_run_changes_nothing(kube_api: Any, cluster: str)
 def test_restart_of_a_missing_deployment_fails_naming_it(kube_api: Any, cluster: str):
     with pytest.raises(IncidentRunbookFailed, match="vibebench/ghost cannot be read"):
         restart_deployment(
-            RestartDeploymentParams(
-                namespace=NS, deployment="ghost", cluster_block=cluster, dry_run=False
+            **params_of(
+                RestartDeploymentParams(
+                    namespace=NS, deployment="ghost", cluster_block=cluster, dry_run=False
+                )
             )
         )
 
@@ -165,12 +174,14 @@ def test_restart_that_never_becomes_ready_fails_after_the_timeout(kube_api: Any,
     kube_api.controller.behave("repo/core:1", ready=False)  # restarted pods hang
     with pytest.raises(IncidentRunbookFailed, match="restart-deployment vibebench/vibebench-core"):
         restart_deployment(
-            RestartDeploymentParams(
-                namespace=NS,
-                deployment="vibebench-core",
-                cluster_block=cluster,
-                dry_run=False,
-                rollout_timeout=5,
+            **params_of(
+                RestartDeploymentParams(
+                    namespace=NS,
+                    deployment="vibebench-core",
+                    cluster_block=cluster,
+                    dry_run=False,
+                    rollout_timeout=5,
+                )
             )
         )
 
@@ -187,8 +198,10 @@ def test_recycle_saves_logs_deletes_the_pod_and_confirms_the_replacement(
     kube_api.append_pod_log(NS, hung, "benchmark step 41/50", "waiting on lock vb_experiments")
 
     report = recycle_hung_pod(
-        RecycleHungPodParams(
-            namespace=NS, pod=hung, cluster_block=cluster, dry_run=False, alert=ALERT
+        **params_of(
+            RecycleHungPodParams(
+                namespace=NS, pod=hung, cluster_block=cluster, dry_run=False, alert=ALERT
+            )
         )
     )
 
@@ -209,14 +222,16 @@ def test_recycle_gives_up_after_max_attempts(kube_api: Any, cluster: str):
 
     with pytest.raises(IncidentRunbookFailed, match="in 3 attempts"):
         recycle_hung_pod(
-            RecycleHungPodParams(
-                namespace=NS,
-                pod=first["metadata"]["name"],
-                cluster_block=cluster,
-                dry_run=False,
-                max_attempts=3,
-                replacement_timeout=1,
-                poll_interval_seconds=0.2,
+            **params_of(
+                RecycleHungPodParams(
+                    namespace=NS,
+                    pod=first["metadata"]["name"],
+                    cluster_block=cluster,
+                    dry_run=False,
+                    max_attempts=3,
+                    replacement_timeout=1,
+                    poll_interval_seconds=0.2,
+                )
             )
         )
     # it recycled the hung replacements too, not the same pod three times
@@ -229,17 +244,21 @@ def test_recycle_dry_run_and_missing_and_bare_pods(kube_api: Any, cluster: str):
     kube_api.put(deployment("bench-runner", "repo/runner:1", replicas=1))
     [only] = running_pods(kube_api, "bench-runner", 1)
     name = only["metadata"]["name"]
-    dry = recycle_hung_pod(RecycleHungPodParams(namespace=NS, pod=name, cluster_block=cluster))
+    dry = recycle_hung_pod(
+        **params_of(RecycleHungPodParams(namespace=NS, pod=name, cluster_block=cluster))
+    )
     assert dry.outcome.startswith("DRY RUN")
     assert kube_api.get("Pod", name, NS) is not None
 
     gone = recycle_hung_pod(
-        RecycleHungPodParams(namespace=NS, pod="bench-runner-0-zzzzz", cluster_block=cluster)
+        **params_of(
+            RecycleHungPodParams(namespace=NS, pod="bench-runner-0-zzzzz", cluster_block=cluster)
+        )
     )
     assert gone.outcome.startswith("NOTHING TO DO")
     with pytest.raises(IncidentRunbookFailed, match="not managed by a ReplicaSet"):
         recycle_hung_pod(
-            RecycleHungPodParams(namespace=NS, pod="standalone", cluster_block=cluster)
+            **params_of(RecycleHungPodParams(namespace=NS, pod="standalone", cluster_block=cluster))
         )
 
 
@@ -248,5 +267,5 @@ def test_an_unknown_cluster_block_is_refused_naming_the_fix():
 
     with pytest.raises(ConfigurationError, match="no KubeCluster block named 'nope'"):
         restart_deployment(
-            RestartDeploymentParams(namespace=NS, cluster_block="nope", dry_run=False)
+            **params_of(RestartDeploymentParams(namespace=NS, cluster_block="nope", dry_run=False))
         )

@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 
 from blocks import BackupStore, InfluxConnection, RetentionPolicy
 from flows.backup_influxdb import BackupInfluxParams, backup_influxdb
+from flows.forms import params_of
 from flows.restore_drill_influxdb import RestoreDrillInfluxParams, restore_drill_influxdb
 from flows.retention import PurgeRetentionParams, purge_retention
 from tasks.catalog import scan_backups
@@ -107,7 +108,7 @@ def _backup(
         store_block=save_block(store),
         **extra,
     )
-    return backup_influxdb(params, return_state=True)
+    return backup_influxdb(**params_of(params), return_state=True)
 
 
 def _event_payloads(name: str, flow_run_id: uuid.UUID) -> list[dict]:
@@ -161,10 +162,12 @@ def test_round_trip_two_regions_and_gcs_restores_identical(
     assert _series(influx_server, scratch) == _series(influx_server, source_bucket)
 
     drill = restore_drill_influxdb(
-        RestoreDrillInfluxParams(
-            source=source,
-            store_block=save_block(store),
-            connection_block=save_block(_conn(influx_server)),
+        **params_of(
+            RestoreDrillInfluxParams(
+                source=source,
+                store_block=save_block(store),
+                connection_block=save_block(_conn(influx_server)),
+            )
         ),
         return_state=True,
     )
@@ -217,10 +220,12 @@ def test_corrupt_copy_fails_verification_and_drill_uses_other_region(
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     record = restore_drill_influxdb(
-        RestoreDrillInfluxParams(
-            source=manifest.source,
-            store_block=save_block(store),
-            connection_block=save_block(_conn(influx_server)),
+        **params_of(
+            RestoreDrillInfluxParams(
+                source=manifest.source,
+                store_block=save_block(store),
+                connection_block=save_block(_conn(influx_server)),
+            )
         )
     )
     assert record.passed
@@ -245,7 +250,7 @@ def test_drill_refuses_the_source_bucket_and_misses_a_target_loudly(
         connection_block=save_block(_conn(influx_server)),
     )
     state = restore_drill_influxdb(
-        RestoreDrillInfluxParams(**params, scratch_database=bucket), return_state=True
+        **params_of(RestoreDrillInfluxParams(**params, scratch_database=bucket)), return_state=True
     )
     exc = _state_exception(state)
     assert isinstance(exc, RestoreTargetRefused) and "scratch_database" in str(exc), exc
@@ -255,13 +260,14 @@ def test_drill_refuses_the_source_bucket_and_misses_a_target_loudly(
         client.buckets_api().create_bucket(bucket_name=taken, org=influx_server.org)
         client.write_api(write_options=SYNCHRONOUS).write(taken, influx_server.org, "keep x=1i 1")
     state = restore_drill_influxdb(
-        RestoreDrillInfluxParams(**params, scratch_database=taken), return_state=True
+        **params_of(RestoreDrillInfluxParams(**params, scratch_database=taken)), return_state=True
     )
     exc = _state_exception(state)
     assert isinstance(exc, RestoreTargetRefused) and "already exists" in str(exc), exc
     assert influx_server.points(taken) == 1, "a bucket the drill did not create is left alone"
     state = restore_drill_influxdb(
-        RestoreDrillInfluxParams(**params, rpo_target=timedelta(microseconds=1)), return_state=True
+        **params_of(RestoreDrillInfluxParams(**params, rpo_target=timedelta(microseconds=1))),
+        return_state=True,
     )
     exc = _state_exception(state)
     assert isinstance(exc, DrillFailed) and "RPO" in str(exc), exc
@@ -275,10 +281,12 @@ def test_token_never_in_argv_logs_artifacts_or_events(
     state = _backup(influx_server, source_bucket, store)
     manifest = state.result()
     drill = restore_drill_influxdb(
-        RestoreDrillInfluxParams(
-            source=manifest.source,
-            store_block=save_block(store),
-            connection_block=save_block(_conn(influx_server)),
+        **params_of(
+            RestoreDrillInfluxParams(
+                source=manifest.source,
+                store_block=save_block(store),
+                connection_block=save_block(_conn(influx_server)),
+            )
         ),
         return_state=True,
     )
@@ -335,7 +343,7 @@ def _purge(server: InfluxStandIn, rule: InfluxTiersRule, dry_run: bool):
         as_of=AS_OF,
         dry_run=dry_run,
     )
-    return purge_retention(params)
+    return purge_retention(**params_of(params))
 
 
 def test_tiers_plan_dry_run_then_downsample_hot_warm_cold(

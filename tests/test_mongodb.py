@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from blocks import BackupStore, LocalFolderDestination, RetentionPolicy
 from blocks.mongo import MongoConnection
 from flows.backup_mongodb import BackupMongoDBParams, backup_mongodb
+from flows.forms import params_of
 from flows.restore_drill_mongodb import RestoreDrillMongoDBParams, restore_drill_mongodb
 from flows.retention import PurgeRetentionParams, purge_retention
 from tasks.errors import (
@@ -140,7 +141,9 @@ def backed_up(
     conn_block = save_block(mongo_conn)
     store_block = save_block(local_store(tmp_path / "regions", REGIONS))
     source = f"m{uuid.uuid4().hex[:8]}"
-    manifest = backup_mongodb(backup_params(conn_block, store_block, mongo_database, source))
+    manifest = backup_mongodb(
+        **params_of(backup_params(conn_block, store_block, mongo_database, source))
+    )
     yield conn_block, store_block, source, manifest
 
 
@@ -160,7 +163,9 @@ def test_round_trip_two_local_regions_and_gcs_in_one_pass(
     )
     source = f"rt{uuid.uuid4().hex[:6]}"
     manifest = backup_mongodb(
-        backup_params(save_block(mongo_conn), save_block(store), mongo_database, source)
+        **params_of(
+            backup_params(save_block(mongo_conn), save_block(store), mongo_database, source)
+        )
     )
 
     assert manifest.kind == "mongodb" and manifest.engine == "mongo-archive"
@@ -195,7 +200,9 @@ def test_drill_passes_measures_rto_rpo_and_drops_scratch(
     backed_up, mongo_conn: MongoConnection, vibeops_home: Path
 ) -> None:
     conn_block, store_block, source, manifest = backed_up
-    state = restore_drill_mongodb(drill_params(conn_block, store_block, source), return_state=True)
+    state = restore_drill_mongodb(
+        **params_of(drill_params(conn_block, store_block, source)), return_state=True
+    )
     assert state.is_completed(), state
     record = state.result()
     assert record.passed and record.region == "local-a" and record.backup_id == manifest.backup_id
@@ -217,7 +224,7 @@ def test_corrupt_copy_fails_verification_and_drill_falls_back(
     data[len(data) // 2] ^= 0xFF
     target.write_bytes(bytes(data))
 
-    record = restore_drill_mongodb(drill_params(conn_block, store_block, source))
+    record = restore_drill_mongodb(**params_of(drill_params(conn_block, store_block, source)))
     assert record.passed and record.region == "local-b"
     assert record.corrupt_regions == ["local-a"]
     assert not [n for n in database_names(mongo_conn) if n.startswith("drill_")]
@@ -229,7 +236,9 @@ def test_missed_rto_target_fails_loudly_and_drops_scratch(
     conn_block, store_block, source, _ = backed_up
     with pytest.raises(DrillFailed, match=r"RTO .* exceeds the target"):
         restore_drill_mongodb(
-            drill_params(conn_block, store_block, source, rto_target=timedelta(microseconds=1))
+            **params_of(
+                drill_params(conn_block, store_block, source, rto_target=timedelta(microseconds=1))
+            )
         )
     assert not [n for n in database_names(mongo_conn) if n.startswith("drill_")]
 
@@ -245,12 +254,14 @@ def test_drill_refuses_the_source_database_as_scratch(
     try:
         conn_block = save_block(mongo_conn)
         store_block = save_block(local_store(tmp_path / "regions", REGIONS))
-        backup_mongodb(backup_params(conn_block, store_block, database, "refuse"))
+        backup_mongodb(**params_of(backup_params(conn_block, store_block, database, "refuse")))
         with pytest.raises(
             RestoreTargetRefused, match=r"scratch_database .* is the source database"
         ):
             restore_drill_mongodb(
-                drill_params(conn_block, store_block, "refuse", scratch_database=database)
+                **params_of(
+                    drill_params(conn_block, store_block, "refuse", scratch_database=database)
+                )
             )
         with mongo_conn.client() as client:
             assert client[database]["orders"].count_documents({}) == 10
@@ -266,7 +277,7 @@ def test_wrong_password_is_a_typed_error_naming_the_field_and_writes_nothing(
     bad = mongo_conn.model_copy(update={"password": SecretStr("not-the-password")})
     store = local_store(tmp_path / "regions", REGIONS)
     state = backup_mongodb(
-        backup_params(save_block(bad), save_block(store), mongo_database, "badpw"),
+        **params_of(backup_params(save_block(bad), save_block(store), mongo_database, "badpw")),
         return_state=True,
     )
     assert state.is_failed()
@@ -291,7 +302,9 @@ def test_password_never_in_logs_artifacts_events_or_manifest(
 ) -> None:
     conn_block, store_block, source, manifest = backed_up
     secret = mongo_conn.password.get_secret_value()
-    state = restore_drill_mongodb(drill_params(conn_block, store_block, source), return_state=True)
+    state = restore_drill_mongodb(
+        **params_of(drill_params(conn_block, store_block, source)), return_state=True
+    )
     assert state.is_completed()
     assert secret not in run_texts(state.state_details.flow_run_id)
     assert secret not in manifest.to_json().decode()
@@ -299,7 +312,8 @@ def test_password_never_in_logs_artifacts_events_or_manifest(
         assert secret not in path.read_text()
     # No child processes: the dump runs in-process through pymongo, so no argv can carry it.
     backup_state = backup_mongodb(
-        backup_params(conn_block, store_block, manifest.database, source), return_state=True
+        **params_of(backup_params(conn_block, store_block, manifest.database, source)),
+        return_state=True,
     )
     assert backup_state.is_completed()
     texts = texts_with(backup_state.state_details.flow_run_id, "vibeops.backup.succeeded")
@@ -334,11 +348,11 @@ def test_purge_plan_is_exact_dry_run_changes_nothing_and_run_deletes_exactly_tho
     params = PurgeRetentionParams(
         policy_block=policy, mongo_connection_block=save_block(mongo_conn), as_of=AS_OF
     )
-    [dry] = purge_retention(params)
+    [dry] = purge_retention(**params_of(params))
     assert dry.status == "dry-run"
     assert len(read_all(mongo_conn, mongo_database)["events"]) == 1200
 
-    [done] = purge_retention(params.model_copy(update={"dry_run": False}))
+    [done] = purge_retention(**params_of(params.model_copy(update={"dry_run": False})))
     assert (done.status, done.rows_deleted) == ("ok", len(expired))
     left = read_all(mongo_conn, mongo_database)
     assert sorted(d["_id"] for d in left["events"]) == sorted(
@@ -346,7 +360,7 @@ def test_purge_plan_is_exact_dry_run_changes_nothing_and_run_deletes_exactly_tho
     )
     assert len(left["users"]) == 57
 
-    [again] = purge_retention(params.model_copy(update={"dry_run": False}))
+    [again] = purge_retention(**params_of(params.model_copy(update={"dry_run": False})))
     assert (again.status, again.rows_deleted) == ("nothing-to-do", 0)
 
 

@@ -21,6 +21,7 @@ from prefect.client.orchestration import get_client
 
 from blocks import BackupStore, MySQLConnection
 from flows.backup import BackupMySQLParams, backup_mysql
+from flows.forms import params_of
 from flows.restore_drill import (
     CleanupDrillsParams,
     RestoreDrillParams,
@@ -69,11 +70,13 @@ def golden(tmp_path_factory: pytest.TempPathFactory, source_db: str, server_bloc
     """One real backup of the source in two local regions (copied per test)."""
     root = tmp_path_factory.mktemp("golden")
     manifest = backup_mysql(
-        BackupMySQLParams(
-            source=source_db,
-            database=source_db,
-            connection_block=server_block,
-            store_block=save_block(local_store(root)),
+        **params_of(
+            BackupMySQLParams(
+                source=source_db,
+                database=source_db,
+                connection_block=server_block,
+                store_block=save_block(local_store(root)),
+            )
         )
     )
     return root, manifest
@@ -179,7 +182,7 @@ def failure(state) -> BaseException:  # type: ignore[no-untyped-def]
 def test_good_backup_passes_with_exact_parity_rto_and_rpo(
     regions: Regions, source_db: str, server_block: str, mysql_root: MySQLConnection
 ) -> None:
-    state = restore_drill(params(regions, source_db, server_block), return_state=True)
+    state = restore_drill(**params_of(params(regions, source_db, server_block)), return_state=True)
     assert state.is_completed(), state
     record = state.result()
     run_id = state.state_details.flow_run_id
@@ -215,7 +218,7 @@ def test_one_flipped_byte_in_the_primary_falls_back_and_flags_the_copy(
     regions: Regions, source_db: str, server_block: str, mysql_root: MySQLConnection
 ) -> None:
     regions.flip_byte("local-a")
-    state = restore_drill(params(regions, source_db, server_block), return_state=True)
+    state = restore_drill(**params_of(params(regions, source_db, server_block)), return_state=True)
     assert state.is_completed(), state
     record = state.result()
     run_id = state.state_details.flow_run_id
@@ -236,7 +239,7 @@ def test_flipped_in_both_regions_fails_naming_both_objects_and_leaves_nothing(
 ) -> None:
     regions.flip_byte("local-a")
     regions.flip_byte("local-b")
-    state = restore_drill(params(regions, source_db, server_block), return_state=True)
+    state = restore_drill(**params_of(params(regions, source_db, server_block)), return_state=True)
     assert state.is_failed()
     error = failure(state)
     assert isinstance(error, DrillFailed)
@@ -261,7 +264,7 @@ def test_missing_manifest_skips_the_interrupted_backup_and_uses_the_previous_one
         folder.mkdir(parents=True)
         data = regions.object_path(region).read_bytes()
         (folder / "dump.sql.zst").write_bytes(data[: len(data) // 2])  # interrupted upload
-    record = restore_drill(params(regions, source_db, server_block))
+    record = restore_drill(**params_of(params(regions, source_db, server_block)))
     assert record.passed and record.backup_id == regions.manifest.backup_id
 
 
@@ -274,11 +277,13 @@ def gcs_and_local(tmp_path: Path, source_db: str, server_block: str, gcs_bucket_
     )
     store_block = save_block(store)
     backup_mysql(
-        BackupMySQLParams(
-            source=source_db,
-            database=source_db,
-            connection_block=server_block,
-            store_block=store_block,
+        **params_of(
+            BackupMySQLParams(
+                source=source_db,
+                database=source_db,
+                connection_block=server_block,
+                store_block=store_block,
+            )
         )
     )
     return store, store_block, bucket
@@ -289,8 +294,10 @@ def test_restores_from_a_gcs_primary(
 ) -> None:
     _, store_block, _ = gcs_and_local
     record = restore_drill(
-        RestoreDrillParams(
-            source=source_db, store_block=store_block, drill_server_block=server_block
+        **params_of(
+            RestoreDrillParams(
+                source=source_db, store_block=store_block, drill_server_block=server_block
+            )
         )
     )
     assert record.passed and record.region == "us-central1"
@@ -306,8 +313,10 @@ def test_primary_region_unreachable_falls_back_to_the_secondary(
     gcs._bucket.delete(force=True)  # type: ignore[attr-defined]  # the region is gone
 
     state = restore_drill(
-        RestoreDrillParams(
-            source=source_db, store_block=store_block, drill_server_block=server_block
+        **params_of(
+            RestoreDrillParams(
+                source=source_db, store_block=store_block, drill_server_block=server_block
+            )
         ),
         return_state=True,
     )
@@ -344,7 +353,7 @@ def test_tampered_dump_fails_validation_naming_the_table(
     edit, message: str, regions: Regions, source_db: str, server_block: str, mysql_root
 ) -> None:
     regions.tamper_sql(edit)
-    state = restore_drill(params(regions, source_db, server_block), return_state=True)
+    state = restore_drill(**params_of(params(regions, source_db, server_block)), return_state=True)
     assert state.is_failed()
     error = failure(state)
     assert isinstance(error, DrillFailed) and message in str(error)
@@ -357,7 +366,7 @@ def test_backup_older_than_the_rpo_target_fails_on_rpo(
     regions: Regions, source_db: str, server_block: str
 ) -> None:
     regions.rewrite_manifest(consistent_at=datetime.now(UTC) - timedelta(hours=2))
-    state = restore_drill(params(regions, source_db, server_block), return_state=True)
+    state = restore_drill(**params_of(params(regions, source_db, server_block)), return_state=True)
     assert state.is_failed()
     error = failure(state)
     assert "RPO 2h00m" in str(error) and "exceeds the target 1h00m00s" in str(error)
@@ -374,11 +383,13 @@ def test_target_equal_to_the_source_is_refused_before_any_work(
     before = read_drill_markers(mysql_root)
     with pytest.raises(RestoreTargetRefused, match="is the source database"):
         restore_drill(
-            RestoreDrillParams(
-                source=source_db,
-                scratch_database=source_db,
-                store_block="no-such-store-block",  # loading it would be work: never reached
-                drill_server_block=server_block,
+            **params_of(
+                RestoreDrillParams(
+                    source=source_db,
+                    scratch_database=source_db,
+                    store_block="no-such-store-block",  # loading it would be work: never reached
+                    drill_server_block=server_block,
+                )
             )
         )
     assert read_drill_markers(mysql_root) == before
@@ -394,7 +405,8 @@ def test_existing_database_not_created_by_a_drill_is_refused_and_untouched(
     run_sql(mysql_root, "CREATE TABLE precious (id INT PRIMARY KEY)", name)
     try:
         state = restore_drill(
-            params(regions, source_db, server_block, scratch_database=name), return_state=True
+            **params_of(params(regions, source_db, server_block, scratch_database=name)),
+            return_state=True,
         )
         assert state.is_failed()
         assert "not created by a drill" in str(failure(state))
@@ -406,7 +418,7 @@ def test_existing_database_not_created_by_a_drill_is_refused_and_untouched(
 def test_keep_window_then_cleanup_drills_drops_it(
     regions: Regions, source_db: str, server_block: str, mysql_root: MySQLConnection
 ) -> None:
-    record = restore_drill(params(regions, source_db, server_block, keep_hours=2))
+    record = restore_drill(**params_of(params(regions, source_db, server_block, keep_hours=2)))
     name = scratch_database_name(source_db, record.backup_id)
     marker = read_drill_markers(mysql_root, [name])[name]
     assert marker is not None and marker.status == "passed"
@@ -415,14 +427,18 @@ def test_keep_window_then_cleanup_drills_drops_it(
     )
     assert run_sql(mysql_root, f"SELECT COUNT(*) FROM {name}.experiments")[0][0] == 3000
 
-    plan = cleanup_drills(CleanupDrillsParams(drill_server_block=server_block))
+    plan = cleanup_drills(**params_of(CleanupDrillsParams(drill_server_block=server_block)))
     assert any(i.database == name and not i.drop for i in plan)
     cleanup_drills(
-        CleanupDrillsParams(drill_server_block=server_block, force_drop=[name], dry_run=True)
+        **params_of(
+            CleanupDrillsParams(drill_server_block=server_block, force_drop=[name], dry_run=True)
+        )
     )
     assert name in read_drill_markers(mysql_root, [name]), "dry run drops nothing"
     cleanup_drills(
-        CleanupDrillsParams(drill_server_block=server_block, force_drop=[name], dry_run=False)
+        **params_of(
+            CleanupDrillsParams(drill_server_block=server_block, force_drop=[name], dry_run=False)
+        )
     )
     assert read_drill_markers(mysql_root, [name]) == {}
 
@@ -458,7 +474,8 @@ def test_least_privilege_drill_user_and_password_never_in_argv_or_outputs(
     watcher.start()
     try:
         state = restore_drill(
-            params(regions, source_db, save_block(conn), load_connections=2), return_state=True
+            **params_of(params(regions, source_db, save_block(conn), load_connections=2)),
+            return_state=True,
         )
     finally:
         stop.set()
@@ -503,14 +520,16 @@ def test_cleanup_drills_removes_servers_that_crashed_physical_drills_left(
     gone.wait()
     (reused.workdir / "mysqld.pid").write_text(f"{bystander.pid}\n")  # now someone else's pid
     try:
-        plan = cleanup_drills(CleanupDrillsParams(drill_server_block=server_block))
+        plan = cleanup_drills(**params_of(CleanupDrillsParams(drill_server_block=server_block)))
         folders = {i.database: i for i in plan if i.what == "server folder"}
         assert set(folders) == {str(crashed.workdir), str(reused.workdir)}
         assert "still running" in folders[str(crashed.workdir)].reason
         assert "no server running" in folders[str(reused.workdir)].reason
         assert crashed.workdir.exists() and server.poll() is None, "a dry run touches nothing"
 
-        cleanup_drills(CleanupDrillsParams(drill_server_block=server_block, dry_run=False))
+        cleanup_drills(
+            **params_of(CleanupDrillsParams(drill_server_block=server_block, dry_run=False))
+        )
         assert server.wait(timeout=30) is not None
         assert not crashed.workdir.exists() and not reused.workdir.exists()
         assert crashed.socket_dir is not None and not crashed.socket_dir.exists()

@@ -22,6 +22,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.states import Scheduled
 
 from blocks import BackupStore, LocalFolderDestination, MySQLConnection, RetentionPolicy
+from flows.forms import params_of
 from flows.retention import PurgeRetentionParams, purge_retention
 from tasks.errors import RetentionIncomplete, RetentionPolicyInvalid
 from tasks.manifest import BackupManifest, StoredObject, backup_prefix, new_backup_id
@@ -234,7 +235,7 @@ def test_plan_is_exact_dry_run_changes_nothing_real_run_deletes_exactly_that(wor
     policy = world.policy(max_delete_fraction=0.9)
     before = world.snapshot()
 
-    outcomes = purge_retention(world.params(policy))
+    outcomes = purge_retention(**params_of(world.params(policy)))
     assert world.snapshot() == before and world.rows() == ROWS
     assert {o.rule: o.status for o in outcomes} == {
         "raw-experiments": "dry-run",
@@ -255,7 +256,9 @@ def test_plan_is_exact_dry_run_changes_nothing_real_run_deletes_exactly_that(wor
     assert "| mysql-backups | archive+delete |" in plan and "| 0 | 26 |" in plan
     assert "Backups `mysql-backups`: ARCHIVE: 2, DELETE: 12, KEEP: 30" in plan
 
-    outcomes = {o.rule: o for o in purge_retention(world.params(policy, dry_run=False))}
+    outcomes = {
+        o.rule: o for o in purge_retention(**params_of(world.params(policy, dry_run=False)))
+    }
     assert outcomes["raw-experiments"].rows_deleted == OLD_ROWS
     assert world.rows() == ROWS - OLD_ROWS
     assert world.rows("audit_log") == ROWS and world.rows("metrics_aggregated") == ROWS
@@ -279,7 +282,7 @@ def test_plan_is_exact_dry_run_changes_nothing_real_run_deletes_exactly_that(wor
 
     # idempotent: a second real run plans nothing and changes nothing
     after = world.snapshot()
-    again = purge_retention(world.params(policy, dry_run=False))
+    again = purge_retention(**params_of(world.params(policy, dry_run=False)))
     assert {o.status for o in again} == {"nothing-to-do", "kept"}
     assert world.snapshot() == after and world.rows() == ROWS - OLD_ROWS
 
@@ -301,7 +304,7 @@ def test_newest_backups_survive_when_all_are_old_and_drills_protect_theirs(world
     try:
         policy = world.policy([BackupRule(name="mysql-backups")])
         params = world.params(policy, dry_run=False).model_copy(update={"as_of": later})
-        purge_retention(params)
+        purge_retention(**params_of(params))
     finally:
         with get_client(sync_client=True) as client:
             client.delete_flow_run(run.id)
@@ -324,13 +327,13 @@ def test_half_deleted_backups_are_finished_on_the_next_run(world):
     local.delete(dump95)  # an interrupted purge: data gone, manifest left
     gcs.delete(manifest100)  # manifest gone, data left
     gcs.set_storage_class(dump80, "ARCHIVE")  # an interrupted archive
-    purge_retention(world.params(policy, dry_run=False))
+    purge_retention(**params_of(world.params(policy, dry_run=False)))
     for region in world.stores:
         assert world.keys(region, "mysql/") == _expected_backup_keys(world, region)
     gcs_classes = {o.key: o.storage_class for o in gcs.list_objects("mysql/")}
     assert gcs_classes[dump80] == gcs_classes[manifest80] == "ARCHIVE"
     assert manifest95 not in world.keys("local-a") and dump100 not in world.keys("gcs-b")
-    again = purge_retention(world.params(policy))
+    again = purge_retention(**params_of(world.params(policy)))
     assert [o.status for o in again] == ["dry-run"]
     assert "| mysql-backups | archive+delete |" in _latest_markdown("purge-retention-plan")
     assert "| 0 | 0 | 0 B |" in _latest_markdown("purge-retention-plan")
@@ -338,14 +341,17 @@ def test_half_deleted_backups_are_finished_on_the_next_run(world):
 
 def test_destructive_guard_refuses_one_rule_and_the_others_still_run(world):
     policy = world.policy()  # max_delete_fraction 0.5: raw (75%) and artifacts (60%) refused
-    state = purge_retention(world.params(policy, dry_run=False), return_state=True)
+    state = purge_retention(**params_of(world.params(policy, dry_run=False)), return_state=True)
     assert state.is_failed()
     with pytest.raises(RetentionIncomplete, match=r"raw-experiments \(refused\).*75%"):
         state.result()
     assert world.rows() == ROWS
     assert world.keys("gcs-b", "artifacts/") == set(ARTIFACTS)
     assert "logs/2025/01/01/worker.log.gz" in world.keys("gcs-b", "logs/")  # others did run
-    outcomes = {o.rule: o for o in purge_retention(world.params(policy, dry_run=False, force=True))}
+    outcomes = {
+        o.rule: o
+        for o in purge_retention(**params_of(world.params(policy, dry_run=False, force=True)))
+    }
     assert outcomes["raw-experiments"].rows_deleted == OLD_ROWS
     assert outcomes["artifacts"].objects_deleted == 6
 
@@ -379,7 +385,7 @@ def test_bad_policies_are_refused_and_nothing_is_deleted(world, rules, as_of_shi
     params = world.params(policy, dry_run=False, force=True)
     params.as_of = datetime.now(UTC) + timedelta(days=as_of_shift) if as_of_shift else NOW
     with pytest.raises(RetentionPolicyInvalid) as info:
-        purge_retention(params)
+        purge_retention(**params_of(params))
     assert message in str(info.value) and "nothing was changed" in str(info.value)
     assert world.snapshot() == before and world.rows() == ROWS
     assert "REFUSED" in _latest_markdown("purge-retention-report")

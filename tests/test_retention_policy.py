@@ -421,10 +421,10 @@ def test_daily_deployment_loads_and_runs_for_real():
     assert deployment["schedules"][0]["timezone"] == "UTC"
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     assert flow.name == "purge-retention"
-    params = PurgeRetentionParams.model_validate(deployment["parameters"]["params"])
+    params = PurgeRetentionParams.model_validate(deployment["parameters"])
     assert params.dry_run is False
     assert PurgeRetentionParams().dry_run is True  # manual runs are dry by default
     schema = parameter_schema(flow.fn).model_dump()
-    assert "PurgeRetentionParams" in str(schema["definitions"])
+    assert schema["properties"]["dry_run"]["default"] is True
     with pytest.raises(ValueError, match="time zone"):
         PurgeRetentionParams(as_of=datetime(2025, 1, 1))

@@ -37,6 +37,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from blocks import BackupStore, KubeCluster, LocalFolderDestination
+from flows.forms import params_of
 from flows.staging_deploy import (
     SCALE_DOWN_DEPLOYMENT,
     BackupGate,
@@ -407,7 +408,7 @@ def test_rolling_success(
 ) -> None:
     serve_versions(NEW)
     state = deploy_staging(
-        params(cluster_block, backup_store(timedelta(minutes=10))), return_state=True
+        **params_of(params(cluster_block, backup_store(timedelta(minutes=10)))), return_state=True
     )
     report = state.result()
     assert report.outcome == "promoted" and report.previous_image == OLD
@@ -431,7 +432,8 @@ def test_ready_500_rolls_back_and_fails_with_the_reason(
     bad = "repo/web:2-bad-ready"
     serve_versions(bad, version_app(bad, ready=lambda _n: 500))
     state = deploy_staging(
-        params(cluster_block, backup_store(timedelta(minutes=5)), image=bad), return_state=True
+        **params_of(params(cluster_block, backup_store(timedelta(minutes=5)), image=bad)),
+        return_state=True,
     )
     assert state.is_failed()
     message = str(state.result(raise_on_failure=False))
@@ -452,11 +454,13 @@ def test_rollout_never_ready_times_out_and_rolls_back(
     never = "repo/web:2-never-ready"
     serve_versions(never)
     state = deploy_staging(
-        params(
-            cluster_block,
-            backup_store(timedelta(minutes=5)),
-            image=never,
-            rollout_timeout=timedelta(seconds=2),
+        **params_of(
+            params(
+                cluster_block,
+                backup_store(timedelta(minutes=5)),
+                image=never,
+                rollout_timeout=timedelta(seconds=2),
+            )
         ),
         return_state=True,
     )
@@ -477,7 +481,7 @@ def test_api_500_twice_is_retried(
     serve_versions(NEW)
     store = backup_store(timedelta(minutes=5))
     rolling_app.fail_next(times=2, status=500, method="PATCH", path=r"/deployments/web$")
-    report = deploy_staging(params(cluster_block, store))
+    report = deploy_staging(**params_of(params(cluster_block, store)))
     assert report.outcome == "promoted"
     statuses = [r.status for r in rolling_app.requests_matching("PATCH", r"/deployments/web$")]
     assert statuses[:3] == [500, 500, 200]
@@ -491,7 +495,9 @@ def test_invalid_image_is_refused_before_any_api_call(
     with pytest.raises(ValidationError, match="names no repository"):
         DeployStagingParams(image="web:1", cluster_block=cluster_block)
     state = deploy_staging(
-        params={"image": "repo/web", "namespace": NS, "app": "web", "cluster_block": cluster_block},
+        **params_of(
+            {"image": "repo/web", "namespace": NS, "app": "web", "cluster_block": cluster_block}
+        ),
         return_state=True,
     )
     assert state.is_failed() and "no tag or digest" in str(state.message) + str(
@@ -507,14 +513,18 @@ def test_stale_backup_is_refused_then_accepted_with_override(
     serve_versions(NEW)
     store = backup_store(timedelta(hours=3))
     before = len(rolling_app.requests)
-    state = deploy_staging(params(cluster_block, store), return_state=True)
+    state = deploy_staging(**params_of(params(cluster_block, store)), return_state=True)
     assert state.is_failed()
     message = str(state.result(raise_on_failure=False))
     assert "backup gate" in message and "older than the 1h00m limit" in message
     assert len(rolling_app.requests) == before  # nothing was touched
     assert image_of(rolling_app, "web") == OLD
     report = deploy_staging(
-        params(cluster_block, store, backup_gate={"override_reason": "INC-42 hotfix, no migration"})
+        **params_of(
+            params(
+                cluster_block, store, backup_gate={"override_reason": "INC-42 hotfix, no migration"}
+            )
+        )
     )
     assert report.outcome == "promoted" and report.gate is not None and report.gate.overridden
     assert "INC-42 hotfix" in artifact_markdown("deploy-staging-staging-web")
@@ -535,7 +545,9 @@ def test_second_deploy_waits_or_is_refused_never_interleaves(
     def deploy_in_background(name: str, image: str) -> threading.Thread:
         def run() -> None:
             results[name] = deploy_staging(
-                params(cluster_block, store, image=image, rollout_timeout=timedelta(minutes=3))
+                **params_of(
+                    params(cluster_block, store, image=image, rollout_timeout=timedelta(minutes=3))
+                )
             )
 
         thread = threading.Thread(target=run, name=name)
@@ -545,7 +557,7 @@ def test_second_deploy_waits_or_is_refused_never_interleaves(
     first = deploy_in_background("first", held)
     wait_until(lambda: image_of(rolling_app, "web") == held, 60, "the first deploy to patch")
     refused = deploy_staging(
-        params(cluster_block, store, image=third, lock_wait=timedelta(seconds=1)),
+        **params_of(params(cluster_block, store, image=third, lock_wait=timedelta(seconds=1))),
         return_state=True,
     )
     assert refused.is_failed()
@@ -596,7 +608,7 @@ def test_token_stays_secret(
 ) -> None:
     serve_versions(NEW)
     state = deploy_staging(
-        params(cluster_block, backup_store(timedelta(minutes=5))), return_state=True
+        **params_of(params(cluster_block, backup_store(timedelta(minutes=5)))), return_state=True
     )
     assert state.result().outcome == "promoted"
     unauthenticated = httpx.get(rolling_app.url + "/api/v1/namespaces")
@@ -618,11 +630,13 @@ def test_blue_green_success_switches_selector_and_schedules_scale_down(
     serve_versions(NEW)
     scale_down_idle_colour.to_deployment(name="after-keep-window").apply()
     report = deploy_staging(
-        params(
-            cluster_block,
-            backup_store(timedelta(minutes=5)),
-            strategy="blue-green",
-            schedule_scale_down=True,
+        **params_of(
+            params(
+                cluster_block,
+                backup_store(timedelta(minutes=5)),
+                strategy="blue-green",
+                schedule_scale_down=True,
+            )
         )
     )
     assert report.outcome == "promoted"
@@ -643,7 +657,7 @@ def test_blue_green_success_switches_selector_and_schedules_scale_down(
         runs = client.read_flow_runs()
     scheduled = [r for r in runs if r.deployment_id == dep.id]
     assert len(scheduled) == 1
-    assert scheduled[0].parameters["params"]["colour"] == "blue"
+    assert scheduled[0].parameters["colour"] == "blue"
     assert scheduled[0].expected_start_time > datetime.now(UTC) + timedelta(hours=23)
 
 
@@ -658,12 +672,14 @@ def test_blue_green_live_smoke_failure_switches_back_at_once(
     # passes the direct check of the idle colour (first /ready), fails once live
     serve_versions(flaky, version_app(flaky, ready=lambda n: 200 if n == 1 else 500))
     state = deploy_staging(
-        params(
-            cluster_block,
-            backup_store(timedelta(minutes=5)),
-            image=flaky,
-            strategy="blue-green",
-            smoke_attempts=1,
+        **params_of(
+            params(
+                cluster_block,
+                backup_store(timedelta(minutes=5)),
+                image=flaky,
+                strategy="blue-green",
+                smoke_attempts=1,
+            )
         ),
         return_state=True,
     )
@@ -688,19 +704,29 @@ def test_rollback_deploy_and_scale_down_after_a_promotion(
     backup_store,
 ) -> None:
     serve_versions(NEW)
-    deploy_staging(params(cluster_block, backup_store(timedelta(minutes=5)), strategy="blue-green"))
+    deploy_staging(
+        **params_of(
+            params(cluster_block, backup_store(timedelta(minutes=5)), strategy="blue-green")
+        )
+    )
     target = {"namespace": NS, "app": "web", "cluster_block": cluster_block}
-    early = scale_down_idle_colour(ScaleDownParams(colour="blue", dry_run=False, **target))
+    early = scale_down_idle_colour(
+        **params_of(ScaleDownParams(colour="blue", dry_run=False, **target))
+    )
     assert early.outcome == "nothing_to_do" and "kept for rollback" in (early.reason or "")
-    report = rollback_deploy(RollbackParams(reason="alert HighErrorRate", **target))
+    report = rollback_deploy(**params_of(RollbackParams(reason="alert HighErrorRate", **target)))
     assert report.outcome == "rolled_back"
     assert blue_green_app.get("Service", "web", NS)["spec"]["selector"]["version"] == "blue"
     assert serving(blue_green_app, "web") == OLD
-    again = rollback_deploy(RollbackParams(reason="second alert", **target))
+    again = rollback_deploy(**params_of(RollbackParams(reason="second alert", **target)))
     assert again.outcome == "nothing_to_do"  # the promotion record was cleared
-    live = scale_down_idle_colour(ScaleDownParams(colour="blue", dry_run=False, **target))
+    live = scale_down_idle_colour(
+        **params_of(ScaleDownParams(colour="blue", dry_run=False, **target))
+    )
     assert live.outcome == "nothing_to_do" and "is live" in (live.reason or "")
-    idle = scale_down_idle_colour(ScaleDownParams(colour="green", dry_run=False, **target))
+    idle = scale_down_idle_colour(
+        **params_of(ScaleDownParams(colour="green", dry_run=False, **target))
+    )
     assert idle.outcome == "done"
     assert blue_green_app.get("Deployment", "web-green", NS)["spec"]["replicas"] == 0
 
@@ -715,12 +741,14 @@ def test_blue_green_idle_never_ready_keeps_live_and_restores_idle(
     never = "repo/web:2-never-ready"
     serve_versions(never)
     state = deploy_staging(
-        params(
-            cluster_block,
-            backup_store(timedelta(minutes=5)),
-            image=never,
-            strategy="blue-green",
-            rollout_timeout=timedelta(seconds=2),
+        **params_of(
+            params(
+                cluster_block,
+                backup_store(timedelta(minutes=5)),
+                image=never,
+                strategy="blue-green",
+                rollout_timeout=timedelta(seconds=2),
+            )
         ),
         return_state=True,
     )
@@ -738,12 +766,12 @@ def test_rollback_deploy_after_a_rolling_promotion(
     rolling_app: KubeStandIn, serve_versions: Callable[..., None], cluster_block: str, backup_store
 ) -> None:
     serve_versions(NEW)
-    deploy_staging(params(cluster_block, backup_store(timedelta(minutes=5))))
+    deploy_staging(**params_of(params(cluster_block, backup_store(timedelta(minutes=5)))))
     assert serving(rolling_app, "web") == NEW
     target = {"namespace": NS, "app": "web", "cluster_block": cluster_block}
-    dry = rollback_deploy(RollbackParams(reason="check", dry_run=True, **target))
+    dry = rollback_deploy(**params_of(RollbackParams(reason="check", dry_run=True, **target)))
     assert dry.outcome == "dry_run" and image_of(rolling_app, "web") == NEW
-    report = rollback_deploy(RollbackParams(reason="alert HighErrorRate", **target))
+    report = rollback_deploy(**params_of(RollbackParams(reason="alert HighErrorRate", **target)))
     assert report.outcome == "rolled_back" and image_of(rolling_app, "web") == OLD
     assert serving(rolling_app, "web") == OLD
     annotations = rolling_app.get("Deployment", "web", NS)["metadata"].get("annotations") or {}
@@ -776,7 +804,8 @@ def test_prefect_yaml_deployments_load() -> None:
         flow = load_flow_from_entrypoint(entrypoint)
         assert flow.name == flow_name
         schema = parameter_schema(flow.fn).model_dump()
-        assert list(schema["properties"]) == ["params"]
+        assert "params" not in schema["properties"]
+        assert list(schema["properties"]) == list(flow.fn.form_model.model_fields)
     for key, deployment in deployments.items():
         assert deployment["concurrency_limit"] == 1, key
     assert SCALE_DOWN_DEPLOYMENT == "scale-down-idle-colour/after-keep-window"
