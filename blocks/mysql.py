@@ -8,6 +8,12 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 
+def option_file_quote(value: str) -> str:
+    """A MySQL option-file value in double quotes: `#` would otherwise start a comment."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
 class MySQLConnection(Block):
     """Where a MySQL or MariaDB server is and how to log in to it.
 
@@ -76,7 +82,7 @@ class MySQLConnection(Block):
             f"host={self.host}",
             f"port={self.port}",
             f"user={self.user}",
-            f"password={self.password.get_secret_value()}",
+            f"password={option_file_quote(self.password.get_secret_value())}",
             "protocol=TCP",
         ]
         if self.ssl_ca:

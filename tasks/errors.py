@@ -135,3 +135,8 @@ class RollbackFailed(VibeOpsError):
 
 class RehearsedFailure(VibeOpsError):
     """A deliberate failure asked for by a rehearsal parameter (game-day drill of a rollback)."""
+
+
+class BinlogGapDetected(VibeOpsError):
+    """Binary logs are missing from the archive (purged first, server reset, base not covered);
+    the message says what to do (usually: take a new base backup now)."""

@@ -70,6 +70,7 @@ class PrivateMariaDB:
     base_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    binary_log: bool = True  # log-bin + binlog-format=ROW (point-in-time recovery needs them)
 
     @property
     def datadir(self) -> Path:
@@ -97,10 +98,12 @@ class PrivateMariaDB:
             f"pid-file={self.base_dir / 'mysqld.pid'}\n"
             f"tmpdir={self.base_dir / 'tmp'}\n"
             f"log-error={self.base_dir / 'error.log'}\n"
-            f"log-bin={self.base_dir / 'binlog'}\n"
-            "server-id=1\n"
-            "binlog-format=ROW\n"
-            "user=root\n"
+            + (
+                f"log-bin={self.base_dir / 'binlog'}\nserver-id=1\nbinlog-format=ROW\n"
+                if self.binary_log
+                else "skip-log-bin\n"
+            )
+            + "user=root\n"
             "skip-name-resolve\n"
             "innodb-buffer-pool-size=256M\n"
             "innodb-log-file-size=256M\n"
