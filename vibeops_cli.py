@@ -83,6 +83,7 @@ def _up(console, api_url: str, rows: int, deploy: bool, drill: bool) -> None:  #
     )
     for region in manifest.regions:
         console.print(f"  {region.region}: {region.uri}")
+    _archive_binlogs_once(console, conn)
     exit_code = 0
     if drill:
         from flows.restore_drill import restore_drill
@@ -100,6 +101,32 @@ def _up(console, api_url: str, rows: int, deploy: bool, drill: bool) -> None:  #
             exit_code = 1
     console.print(f"\nPrefect UI: {api_url.removesuffix('/api')}  (state in {vibeops_home()})")
     raise typer.Exit(exit_code)
+
+
+def _archive_binlogs_once(console, conn) -> None:  # type: ignore[no-untyped-def]
+    """Some writes after the base backup, then one archive-binlogs run (RPO: minutes)."""
+    from datetime import UTC, datetime
+
+    from flows.archive_binlogs import ArchiveBinlogsParams, archive_binlogs
+    from tasks.sample_data import write_audit_rows
+
+    write_audit_rows(conn, "vibebench", 20)
+    outcome = archive_binlogs(ArchiveBinlogsParams(), return_state=True).result(
+        raise_on_failure=False
+    )
+    if isinstance(outcome, BaseException):
+        console.print(f"[yellow]binlog archiving is not active:[/] {outcome}")
+        return
+    point = outcome.point
+    console.print(
+        f"binlogs archived: {len(outcome.archived)} segment(s) in every region"
+        + (
+            f"; newest restorable point {point.point_at:%H:%M:%S} UTC "
+            f"({point.age_seconds(datetime.now(UTC)):.0f} s ago)"
+            if point
+            else ""
+        )
+    )
 
 
 def _drill_line(record) -> str:  # type: ignore[no-untyped-def]

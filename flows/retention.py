@@ -43,6 +43,7 @@ from blocks.mongo import MongoConnection
 from blocks.retention import RetentionPolicy
 from flows.forms import form
 from flows.run_names import run_name
+from tasks.binlog_retention import backup_sources, plan_backup_rule_with_segments
 from tasks.errors import ConfigurationError, RetentionIncomplete, RetentionPolicyInvalid
 from tasks.influx_retention import InfluxTiersRun, count_tier_points, run_influx_tiers
 from tasks.influx_tiers import plan_tiers_rule
@@ -60,6 +61,7 @@ from tasks.object_purge import (
     open_stores,
     run_object_steps,
     scan_backup_catalog,
+    scan_segment_catalog,
 )
 from tasks.retention import (
     BackupRule,
@@ -228,7 +230,18 @@ def _plan(
                     r: scan_backup_catalog(s, rule.backup_kind, rule.sources)
                     for r, s in stores.items()
                 }
-                plans.append(plan_backup_rule(rule, as_of, catalogs, protected, classes))
+                if rule.backup_kind == "mysql":  # binlog segments follow their bases
+                    segments = {
+                        r: scan_segment_catalog(s, backup_sources(catalogs[r]))
+                        for r, s in stores.items()
+                    }
+                    plans.append(
+                        plan_backup_rule_with_segments(
+                            rule, as_of, catalogs, segments, protected, classes
+                        )
+                    )
+                else:
+                    plans.append(plan_backup_rule(rule, as_of, catalogs, protected, classes))
         except Exception as exc:
             failures[rule.name] = f"{type(exc).__name__}: {exc}"
             plans.append(

@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field, field_validator
 import blocks
 from flows.forms import form
 from flows.run_names import run_name
+from tasks.binlog_catalog import newest_restorable_point_in_regions, recovery_point_label
 from tasks.catalog import newest_committed_backup
 from tasks.deploy_lock import deploy_lock
 from tasks.deploy_rules import (
@@ -105,7 +106,8 @@ class BackupGate(BaseModel):
         default=timedelta(hours=1),
         ge=timedelta(minutes=1),
         le=timedelta(days=7),
-        description="Newest backup may be at most this old (default: the 1 h RPO target).",
+        description="The newest recovery point (MySQL: base backup + archived binlogs) may be "
+        "at most this old (default: the 1 h RPO target).",
     )
     override_reason: str | None = Field(
         default=None,
@@ -240,11 +242,23 @@ class RollbackParams(ClusterTarget):
 
 @task(name="check-backup-gate", retries=2, retry_delay_seconds=2)
 def check_backup_gate(gate: BackupGate, now: datetime) -> GateDecision:
-    """Find the newest committed backup of the app's database and judge its age."""
-    store = blocks.resolve_store(gate.store_block)
-    newest = newest_committed_backup(
-        [open_store(d) for d in store.destinations], gate.source, gate.kind
-    )
+    """Find the newest recovery point of the app's database and judge its age.
+
+    MySQL: the newest base backup plus its unbroken chain of archived binlogs; other kinds:
+    the newest committed backup.
+    """
+    stores = [open_store(d) for d in blocks.resolve_store(gate.store_block).destinations]
+    if gate.kind == "mysql":
+        point = newest_restorable_point_in_regions(stores, gate.source)
+        return decide_backup_gate(
+            recovery_point_label(point) if point else None,
+            point.point_at if point else None,
+            now,
+            gate.max_age,
+            gate.override_reason,
+            label="recovery point",
+        )
+    newest = newest_committed_backup(stores, gate.source, gate.kind)
     return decide_backup_gate(
         newest.backup_id if newest else None,
         newest.consistent_at if newest else None,

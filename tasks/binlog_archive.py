@@ -92,7 +92,8 @@ def pending_logs(
 
     With nothing archived yet, archiving starts at `start_file` (the newest base's file) when
     the server still has it, else at its oldest file. When the server's numbering went back
-    below the last archived file (RESET MASTER), every closed file belongs to a new sequence.
+    below the last archived file, or its GTID state below the last archived one (RESET
+    MASTER), every closed file belongs to a new sequence.
     """
     closed = state.closed
     if last is None:
@@ -100,8 +101,10 @@ def pending_logs(
             return [log for log in closed if log.index >= binlog_index(start_file)]
         return closed
     active = state.active
-    if active is not None and active.index <= last.index:
-        return closed
+    server_state = parse_gtid_list(state.gtid_binlog_state)
+    gtids_went_back = not gtid_covered(server_state, gtid_position(parse_gtid_list(last.gtid_last)))
+    if (active is not None and active.index <= last.index) or gtids_went_back:
+        return closed  # RESET MASTER: every closed file is of a new sequence
     return [log for log in closed if log.index > last.index]
 
 

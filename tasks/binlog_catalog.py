@@ -29,7 +29,7 @@ from tasks.binlog_manifest import (
 from tasks.catalog import committed_backups
 from tasks.errors import StorageError
 from tasks.manifest import BackupManifest
-from tasks.storage import ObjectStore
+from tasks.storage import ObjectInfo, ObjectStore
 
 GapKind = Literal[
     "no-binlog-position",  # the base was taken without binary logging
@@ -114,13 +114,14 @@ class SegmentListing:
     segments: list[SegmentManifest]
     unreadable: dict[str, str] = field(default_factory=dict)  # manifest key -> error
     uncommitted: list[str] = field(default_factory=list)  # .zst keys without a manifest
+    objects: list[ObjectInfo] = field(default_factory=list)  # every object listed
 
 
 def scan_segments(store: ObjectStore, source: str) -> SegmentListing:
     """Every segment object of `source` in one region, manifests parsed."""
     objects = store.list_objects(binlog_root(source))
     keys = {info.key for info in objects}
-    listing = SegmentListing(segments=[])
+    listing = SegmentListing(segments=[], objects=objects)
     for key in sorted(keys):
         if key.endswith(SEGMENT_MANIFEST_SUFFIX):
             try:
@@ -278,6 +279,12 @@ def best_recovery_point(
         if best is None or point.point_at > best.point_at:
             best = point
     return best
+
+
+def recovery_point_label(point: RecoveryPoint) -> str:
+    """`<base id> + N binlog segment(s)` for reports and gates."""
+    count = len(point.chain.segments)
+    return f"{point.base.backup_id} + {count} binlog segment{'s' if count != 1 else ''}"
 
 
 def newest_restorable_point(store: ObjectStore, source: str) -> RecoveryPoint | None:

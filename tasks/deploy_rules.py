@@ -253,10 +253,13 @@ def decide_backup_gate(
     now: datetime,
     max_age: timedelta,
     override_reason: str | None,
+    label: str = "backup",
 ) -> GateDecision:
     """Refuse when the newest committed backup is missing or older than `max_age`.
 
-    An override reason lets a stale gate through (and is reported); a fresh gate ignores it.
+    For MySQL the caller passes the newest restorable point (base backup + archived binlogs)
+    as `newest_consistent_at` and says so in `label`. An override reason lets a stale gate
+    through (and is reported); a fresh gate ignores it.
     """
     if newest_consistent_at is None:
         problem = "no committed backup exists"
@@ -269,10 +272,10 @@ def decide_backup_gate(
                 False,
                 newest_backup_id,
                 age,
-                f"newest backup {newest_backup_id} is {_fmt(age)} old (limit {_fmt(max_age)})",
+                f"newest {label} {newest_backup_id} is {_fmt(age)} old (limit {_fmt(max_age)})",
             )
         problem = (
-            f"newest backup {newest_backup_id} is {_fmt(age)} old, older than the "
+            f"newest {label} {newest_backup_id} is {_fmt(age)} old, older than the "
             f"{_fmt(max_age)} limit"
         )
     if override_reason and override_reason.strip():

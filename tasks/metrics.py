@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tasks.binlog_catalog import newest_restorable_point_in_regions
 from tasks.catalog import newest_committed_backup
 from tasks.drill import DrillRecord, history_file, read_history
 from tasks.manifest import validate_source_name
@@ -103,6 +104,7 @@ class BackupStatus:
     consistent_at: datetime | None = None
     size_bytes: int | None = None
     last_failure_at: datetime | None = None
+    recovery_point_at: datetime | None = None  # MySQL: base + archived binlogs; else = consistent_at
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,12 @@ def backup_families(statuses: Iterable[BackupStatus], now: datetime) -> list[Gau
         "When the latest failed or crashed backup run ended (Unix time).",
         labels=labels,
     )
+    recovery = GaugeMetricFamily(
+        "vibeops_recovery_point_age_seconds",
+        "Age of the newest restorable point: the newest base backup plus its unbroken chain "
+        "of archived binlogs (MySQL), else the newest backup (what a restore now would lose).",
+        labels=labels,
+    )
     for status in statuses:
         values = [status.kind, status.source]
         if status.last_success_at is not None:
@@ -161,7 +169,10 @@ def backup_families(statuses: Iterable[BackupStatus], now: datetime) -> list[Gau
             size.add_metric(values, float(status.size_bytes))
         if status.last_failure_at is not None:
             failure.add_metric(values, status.last_failure_at.timestamp())
-    return [success, consistent, age, size, failure]
+        if status.recovery_point_at is not None:
+            point_age = max(0.0, (now - status.recovery_point_at).total_seconds())
+            recovery.add_metric(values, point_age)
+    return [success, consistent, age, size, failure, recovery]
 
 
 def drill_families(drills: Iterable[DrillStatus]) -> list[GaugeMetricFamily]:
@@ -253,9 +264,18 @@ def read_catalog_statuses(
                 last_success_at=manifest.finished_at,
                 consistent_at=manifest.consistent_at,
                 size_bytes=manifest.total_size,
+                recovery_point_at=_recovery_point_at(stores, ref) or manifest.consistent_at,
             )
         )
     return statuses
+
+
+def _recovery_point_at(stores: Sequence[ObjectStore], ref: SourceRef) -> datetime | None:
+    """MySQL: the newest restorable point (base + archived binlogs) over every region."""
+    if ref.kind != "mysql":
+        return None
+    point = newest_restorable_point_in_regions(list(stores), ref.name)
+    return point.point_at if point else None
 
 
 def read_backup_failures(

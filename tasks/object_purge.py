@@ -18,6 +18,7 @@ from prefect.tasks import exponential_backoff
 
 from blocks.backup_store import BackupStore
 from tasks.backup import retry_transient
+from tasks.binlog_catalog import SegmentListing, scan_segments
 from tasks.catalog import BackupEntry, scan_backups
 from tasks.errors import BackupVerificationError
 from tasks.retention import COMPRESSED_SUFFIX, ObjectStep
@@ -69,6 +70,19 @@ def scan_backup_catalog(
     for source in sources:
         entries += scan_backups(store, source, backup_kind)
     return entries
+
+
+@task(
+    cache_policy=NO_CACHE,
+    name="scan-binlog-segments",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+def scan_segment_catalog(store: ObjectStore, sources: Sequence[str]) -> dict[str, SegmentListing]:
+    """The archived binlog segments of each MySQL source in one region."""
+    return {source: scan_segments(store, source) for source in sources}
 
 
 @dataclass

@@ -184,3 +184,15 @@ def fill_experiments_server_side(
             " SELECT ai_model, COUNT(*) FROM experiments GROUP BY ai_model"
         )
         cur.execute(SCHEMA[6])  # the trigger again, now that the bulk rows are in
+
+
+def write_audit_rows(conn: MySQLConnection, database: str, count: int, actor: str = "demo") -> None:
+    """`count` audit_log rows stamped now: writes after a backup, for point-in-time demos."""
+    quote_identifier(database)
+    now = datetime.now(UTC)
+    with connect(conn, database) as connection, connection.cursor() as cur:
+        for number in range(count):
+            cur.execute(
+                "INSERT INTO audit_log (actor, action, created_at) VALUES (%s, %s, %s)",
+                (actor, f"write {number + 1} after the base backup", now),
+            )

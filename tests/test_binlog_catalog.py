@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,75 +18,14 @@ from tasks.binlog_catalog import (
 from tasks.binlog_events import format_gtid_list, gtid_covered, parse_gtid_list
 from tasks.binlog_io import download_segment, download_segment_any
 from tasks.binlog_manifest import (
-    SegmentManifest,
     binlog_index,
     parse_segment_manifest,
     segment_prefix,
     sequence_name,
 )
 from tasks.errors import BackupVerificationError
-from tasks.manifest import BackupManifest, StoredObject, backup_prefix
 from tasks.storage import LocalFolderStore
-
-T0 = datetime(2026, 12, 6, 2, 0, tzinfo=UTC)
-SEQ = sequence_name(1, T0 - timedelta(days=1))
-
-
-def segment(
-    index: int,
-    start_seq: int,
-    last_seq: int,
-    created: datetime,
-    sequence: str = SEQ,
-    last_at: datetime | None = None,
-) -> SegmentManifest:
-    file = f"binlog.{index:06d}"
-    return SegmentManifest(
-        source="app",
-        sequence=sequence,
-        server_id=1,
-        file=file,
-        index=index,
-        end_position=1000,
-        raw_size=1000,
-        raw_sha256="0" * 64,
-        object=StoredObject(name=f"{file}.zst", size=10, sha256="1" * 64, uncompressed_size=1000),
-        gtid_list_start=f"0-1-{start_seq}" if start_seq else "",
-        gtid_last=f"0-1-{last_seq}" if last_seq else "",
-        transactions=last_seq - start_seq,
-        first_event_at=created if last_seq > start_seq else None,
-        last_event_at=(last_at or created + timedelta(minutes=4)) if last_seq > start_seq else None,
-        file_created_at=created,
-        archived_at=created + timedelta(minutes=5),
-        prefix=segment_prefix("app", sequence),
-    )
-
-
-def base(file: str, position: int, gtid: str, at: datetime) -> BackupManifest:
-    backup_id = f"{at:%Y%m%dT%H%M%SZ}-abcdef"
-    return BackupManifest(
-        backup_id=backup_id,
-        source="app",
-        database="app",
-        binlog_file=file,
-        binlog_position=position,
-        gtid=gtid,
-        started_at=at,
-        consistent_at=at,
-        finished_at=at + timedelta(minutes=1),
-        objects=[],
-        prefix=backup_prefix("mysql", "app", backup_id),
-    )
-
-
-def five_minute_segments(first_index: int, count: int, start: datetime, seq0: int = 100):
-    """Files rotated every 5 minutes from `start`, 10 transactions each."""
-    return [
-        segment(
-            first_index + i, seq0 + 10 * i, seq0 + 10 * (i + 1), start + timedelta(minutes=5 * i)
-        )
-        for i in range(count)
-    ]
+from tests.binlog_samples import SEQ, T0, base, five_minute_segments, segment, store_segment
 
 
 def test_schedule_base_at_0200_archives_every_5_min_drill_at_0500_rpo_under_1h() -> None:
@@ -203,25 +141,6 @@ def test_gtid_text_helpers() -> None:
         segment_prefix("app", "nope")
 
 
-def _store_segment(store: LocalFolderStore, seg: SegmentManifest, raw: bytes) -> SegmentManifest:
-    packed = zstandard.ZstdCompressor().compress(raw)
-    seg = seg.model_copy(
-        update={
-            "raw_size": len(raw),
-            "raw_sha256": hashlib.sha256(raw).hexdigest(),
-            "object": StoredObject(
-                name=f"{seg.file}.zst",
-                size=len(packed),
-                sha256=hashlib.sha256(packed).hexdigest(),
-                uncompressed_size=len(raw),
-            ),
-        }
-    )
-    store.write_bytes(seg.object_key, packed)
-    store.write_bytes(seg.manifest_key, seg.to_json())
-    return seg
-
-
 def test_listing_and_download_verify_and_fall_back(tmp_path: Path) -> None:
     east, west = (
         LocalFolderStore("east", tmp_path / "east"),
@@ -229,7 +148,7 @@ def test_listing_and_download_verify_and_fall_back(tmp_path: Path) -> None:
     )
     raw = b"\xfebin" + bytes(range(256)) * 100
     segs = five_minute_segments(10, 2, T0 - timedelta(minutes=2))
-    stored = [_store_segment(store, s, raw) for s in segs for store in (east, west)][::2]
+    stored = [store_segment(store, s, raw) for s in segs for store in (east, west)][::2]
     # A data object without its manifest (a crashed run) is not a segment.
     east.write_bytes(f"{segment_prefix('app', SEQ)}binlog.000012.zst", b"partial")
     listing = scan_segments(east, "app")
@@ -258,7 +177,7 @@ def test_newest_restorable_point_reads_bases_and_segments_from_a_store(tmp_path:
     the_base = base("binlog.000010", 400, "0-1-105", T0)
     store.write_bytes(the_base.manifest_key, the_base.to_json())
     for seg in five_minute_segments(10, 3, T0 - timedelta(minutes=2)):
-        _store_segment(store, seg, b"\xfebin")
+        store_segment(store, seg, b"\xfebin")
     assert len(list_segments(store, "app")) == 3
     point = newest_restorable_point(store, "app")
     assert point is not None and point.kind == "binlog" and point.gtid == "0-1-130"
