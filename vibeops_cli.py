@@ -107,11 +107,11 @@ def _archive_binlogs_once(console, conn) -> None:  # type: ignore[no-untyped-def
     """Some writes after the base backup, then one archive-binlogs run (RPO: minutes)."""
     from datetime import UTC, datetime
 
-    from flows.archive_binlogs import ArchiveBinlogsParams, archive_binlogs
+    from flows.archive_binlogs import archive_binlogs
     from tasks.sample_data import write_audit_rows
 
     write_audit_rows(conn, "vibebench", 20)
-    outcome = archive_binlogs(ArchiveBinlogsParams(), return_state=True).result(
+    outcome = archive_binlogs(return_state=True).result(
         raise_on_failure=False
     )
     if isinstance(outcome, BaseException):

@@ -14,7 +14,8 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mysql, resolve_store
-from flows.run_names import named_by_source
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.binlog_archive import (
     base_coverage_gap,
     last_archived,
@@ -89,18 +90,18 @@ def _artifact_key(source: str) -> str:
 
 @flow(
     name="archive-binlogs",
-    flow_run_name=named_by_source("archive-binlogs", ArchiveBinlogsParams),
+    flow_run_name=run_name("archive-binlogs-{source}"),
     description="Copy each closed MySQL/MariaDB binary log to every region (zstd, sha256, "
     "read-back verified, segment manifest last); flush to bound the lag; fail on gaps.",
     timeout_seconds=3600,
 )
-def archive_binlogs(params: ArchiveBinlogsParams | None = None) -> ArchiveRun:
+@form(ArchiveBinlogsParams)
+def archive_binlogs(params: ArchiveBinlogsParams) -> ArchiveRun:
     """Archive the binary logs closed since the last archived one.
 
     Raises:
         BinlogGapDetected: something is not restorable (the event says what to do).
     """
-    params = params or ArchiveBinlogsParams()
     logger = get_run_logger()
     conn = resolve_mysql(params.connection_block, "")
     stores = [open_store(d) for d in resolve_store(params.store_block).destinations]

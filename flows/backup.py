@@ -156,7 +156,6 @@ def publish_backup_failure(
     timeout_seconds=6 * 3600,
 )
 @form(BackupMySQLParams)
-@form(BackupMySQLParams)
 def backup_mysql(params: BackupMySQLParams) -> BackupManifest:
     """Back up one MySQL database into every region of the backup store.
 

@@ -17,8 +17,8 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 from blocks import MySQLConnection
-from flows.archive_binlogs import ArchiveBinlogsParams, archive_binlogs
-from flows.backup import BackupMySQLParams, backup_mysql
+from flows.archive_binlogs import archive_binlogs
+from flows.backup import backup_mysql
 from tasks.binlog_catalog import (
     list_segments,
     newest_restorable_point,
@@ -85,21 +85,32 @@ def _gtid_pos(server: PrivateMariaDB) -> str:
 
 
 def _base_backup(server: PrivateMariaDB, store_name: str):  # type: ignore[no-untyped-def]
-    params = BackupMySQLParams(
+    return backup_mysql(
         source="app",
         database="app",
         connection_block=save_block(_root(server)),
         store_block=store_name,
         record_checksums=False,
     )
-    return backup_mysql(params)
+
+
+def _with_base_backup(server: PrivateMariaDB, tmp_path: Path) -> tuple[MySQLConnection, str]:
+    """Database `app`, a two-folder store, an archive user with RELOAD, one base backup."""
+    _app_database(server)
+    store_name = save_block(local_store(tmp_path))
+    conn, _ = _archive_user(server, reload=True)
+    _base_backup(server, store_name)
+    return conn, store_name
 
 
 def _archive(conn: MySQLConnection, store_name: str, **extra):  # type: ignore[no-untyped-def]
-    params = ArchiveBinlogsParams(
-        source="app", connection_block=save_block(conn), store_block=store_name, **extra
+    return archive_binlogs(
+        source="app",
+        connection_block=save_block(conn),
+        store_block=store_name,
+        return_state=True,
+        **extra,
     )
-    return archive_binlogs(params, return_state=True)
 
 
 def _regions(root: Path) -> list[LocalFolderStore]:
@@ -214,10 +225,7 @@ def test_writer_during_archiving_minimal_grants_byte_identical_unbroken_no_secre
 def test_flush_bounds_the_lag_and_covers_the_last_write(
     binlog_server: PrivateMariaDB, tmp_path: Path
 ) -> None:
-    _app_database(binlog_server)
-    store_name = save_block(local_store(tmp_path))
-    conn, _ = _archive_user(binlog_server, reload=True)
-    _base_backup(binlog_server, store_name)
+    conn, store_name = _with_base_backup(binlog_server, tmp_path)
     _write(binlog_server, 20)
     last_write = _gtid_pos(binlog_server)
     state = _archive(conn, store_name)
@@ -233,10 +241,7 @@ def test_flush_bounds_the_lag_and_covers_the_last_write(
 def test_purged_before_archived_is_detected_and_named(
     binlog_server: PrivateMariaDB, tmp_path: Path
 ) -> None:
-    _app_database(binlog_server)
-    store_name = save_block(local_store(tmp_path))
-    conn, _ = _archive_user(binlog_server, reload=True)
-    _base_backup(binlog_server, store_name)
+    conn, store_name = _with_base_backup(binlog_server, tmp_path)
     assert _archive(conn, store_name).is_completed()
     last = max(s.index for s in list_segments(_regions(tmp_path)[0], "app"))
     for _ in range(3):
@@ -265,10 +270,7 @@ def test_purged_before_archived_is_detected_and_named(
 def test_reset_master_starts_a_new_sequence_until_a_new_base(
     binlog_server: PrivateMariaDB, tmp_path: Path
 ) -> None:
-    _app_database(binlog_server)
-    store_name = save_block(local_store(tmp_path))
-    conn, _ = _archive_user(binlog_server, reload=True)
-    _base_backup(binlog_server, store_name)
+    conn, store_name = _with_base_backup(binlog_server, tmp_path)
     _write(binlog_server)
     assert _archive(conn, store_name).is_completed()
     region = _regions(tmp_path)[0]
@@ -302,11 +304,8 @@ def test_reset_master_starts_a_new_sequence_until_a_new_base(
 def test_killed_mid_copy_leaves_no_manifest_and_the_next_run_resumes(
     binlog_server: PrivateMariaDB, tmp_path: Path
 ) -> None:
-    _app_database(binlog_server)
-    store_name = save_block(local_store(tmp_path))
-    conn, _ = _archive_user(binlog_server, reload=True)
+    conn, store_name = _with_base_backup(binlog_server, tmp_path)
     conn_name = save_block(conn)
-    _base_backup(binlog_server, store_name)
     assert _archive(conn, store_name).is_completed()
     # ~30 MB of row events in one file, compressed at zstd level 19: seconds of work to kill.
     run_sql(
@@ -316,9 +315,9 @@ def test_killed_mid_copy_leaves_no_manifest_and_the_next_run_resumes(
     )
     _flush(binlog_server)
     script = (
-        "from flows.archive_binlogs import ArchiveBinlogsParams, archive_binlogs\n"
-        f"archive_binlogs(ArchiveBinlogsParams(source='app', connection_block='{conn_name}', "
-        f"store_block='{store_name}', flush=False, compression_level=19))\n"
+        "from flows.archive_binlogs import archive_binlogs\n"
+        f"archive_binlogs(source='app', connection_block='{conn_name}', "
+        f"store_block='{store_name}', flush=False, compression_level=19)\n"
     )
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     child = subprocess.Popen(
