@@ -111,9 +111,7 @@ def _archive_binlogs_once(console, conn) -> None:  # type: ignore[no-untyped-def
     from tasks.sample_data import write_audit_rows
 
     write_audit_rows(conn, "vibebench", 20)
-    outcome = archive_binlogs(return_state=True).result(
-        raise_on_failure=False
-    )
+    outcome = archive_binlogs(return_state=True).result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         console.print(f"[yellow]binlog archiving is not active:[/] {outcome}")
         return

@@ -104,7 +104,8 @@ class BackupStatus:
     consistent_at: datetime | None = None
     size_bytes: int | None = None
     last_failure_at: datetime | None = None
-    recovery_point_at: datetime | None = None  # MySQL: base + archived binlogs; else = consistent_at
+    # MySQL: newest base + archived binlogs; other kinds: the newest backup's consistent_at.
+    recovery_point_at: datetime | None = None
 
 
 @dataclass(frozen=True)
