@@ -57,6 +57,7 @@ from tasks.errors import (
 from tasks.influx import delete_drill_bucket, read_influx_drill_markers
 from tasks.manifest import BackupManifest
 from tasks.mongo import drop_drill_database, read_mongo_drill_markers
+from tasks.object_diff import markdown_code, object_report_lines
 from tasks.physical import find_leftover_servers, remove_leftover_server, scratch_servers_root
 from tasks.restore import (
     BackupSearch,
@@ -211,6 +212,8 @@ def restore_drill(params: RestoreDrillParams) -> DrillRecord:
                             protected,
                             manifest.engine,
                             manifest.database,
+                            manifest.database_charset,
+                            manifest.database_collation,
                         )
                         owned = target.kind == "scratch-database"
                         prepared = time.perf_counter()
@@ -421,7 +424,7 @@ def _report(
         "",
     ]
     if verdict.reasons:
-        lines += ["**Why it failed**", "", *[f"- {r}" for r in verdict.reasons], ""]
+        lines += ["**Why it failed**", "", *[f"- {_cell(r)}" for r in verdict.reasons], ""]
     if manifest:
         lines += [
             f"Backup `{manifest.backup_id}` ({manifest.engine}, {manifest.codec}), consistent at "
@@ -486,11 +489,13 @@ def _report(
         ]
         for p in drill.validation.parity:
             lines.append(
-                f"| {p.table} | {_num(p.expected_rows)} | {_num(p.actual_rows)} | "
+                f"| {markdown_code(p.table)} | {_num(p.expected_rows)} | {_num(p.actual_rows)} | "
                 f"{p.expected_checksum if p.expected_checksum is not None else '-'} | "
                 f"{p.actual_checksum if p.actual_checksum is not None else '-'} | "
                 f"{_mark(p.ok)}{' ' + p.problem if p.problem else ''} |"
             )
+        objects = drill.validation.objects
+        lines += ["", *object_report_lines(objects.differences, objects.checked, objects.unchecked)]
         expectations = sorted(
             drill.validation.expectations, key=lambda e: (e.success, bool(e.skipped), e.table)
         )
@@ -505,7 +510,7 @@ def _report(
             result = "skipped" if e.skipped else ("passed" if e.success else "FAILED ❌")
             args = ", ".join(f"{k}={v}" for k, v in e.kwargs.items())
             lines.append(
-                f"| {e.table} | `{e.expectation}`({_cell(args)}) | {result} | {_cell(e.skipped or e.observed)} |"
+                f"| {markdown_code(e.table)} | `{e.expectation}`({_cell(args)}) | {result} | {_cell(e.skipped or e.observed)} |"
             )
         lines.append("")
     lines += engine_rto_lines(drill.engine_rto)

@@ -41,6 +41,7 @@ from tasks.manifest import (
 )
 from tasks.mydumper import MydumperBackup
 from tasks.mysql import ConsistentDump, SnapshotFacts, SourceFacts, read_source_facts, tool_version
+from tasks.mysql_objects import read_object_catalog
 from tasks.physical import PhysicalBackup, source_datadir
 from tasks.storage import ObjectStore
 
@@ -88,20 +89,20 @@ def preflight(
 ) -> SourceFacts:
     """Check the source, the engine's tools and every destination before anything is written."""
     facts = read_source_facts(conn, database)
+    facts.catalog = read_object_catalog(conn, database)
     check_engine_tools(engine, facts.server_version)
     if engine == "physical":
         source_datadir(conn, database)
     for store in stores:
         store.check_ready()
+    counts = facts.catalog.counts()
     get_run_logger().info(
-        "source %s on %s:%s (%s): %d tables, %d views, %d routines, ~%d MB; regions %s",
+        "source %s on %s:%s (%s): %s, ~%d MB; regions %s",
         database,
         conn.host,
         conn.port,
         facts.server_version,
-        len(facts.tables),
-        len(facts.views),
-        len(facts.routines),
+        ", ".join(f"{n} {kind}(s)" for kind, n in counts.items()),
         facts.data_bytes // 1_000_000,
         ", ".join(s.region for s in stores),
     )
@@ -380,6 +381,7 @@ def build_manifest(
         },
         views=source_facts.views,
         routines=source_facts.routines,
+        catalog=source_facts.catalog,
         regions=[RegionCopy(region=s.region, uri=s.uri(prefix)) for s in stores],
         tool_versions={
             "dump": dump.tool_version,

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.object_diff import ObjectCatalog
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -124,6 +126,11 @@ class BackupManifest(BaseModel):
     tables: dict[str, TableFacts] = Field(default_factory=dict)
     views: list[str] = Field(default_factory=list)
     routines: list[str] = Field(default_factory=list)
+    catalog: ObjectCatalog | None = Field(
+        default=None,
+        description="MySQL: the database's defaults, every table's shape and every object's "
+        "normalised definition digest (absent in manifests written before it existed).",
+    )
     regions: list[RegionCopy] = Field(default_factory=list)
     tool_versions: dict[str, str] = Field(default_factory=dict)
     restore_hints: dict[str, str | int] = Field(
@@ -147,6 +154,14 @@ class BackupManifest(BaseModel):
     @property
     def total_rows(self) -> int:
         return sum(table.rows for table in self.tables.values())
+
+    @property
+    def database_charset(self) -> str | None:
+        return self.catalog.charset if self.catalog else None
+
+    @property
+    def database_collation(self) -> str | None:
+        return self.catalog.collation if self.catalog else None
 
     def object_key(self, name: str) -> str:
         return f"{self.prefix}{name}"

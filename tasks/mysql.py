@@ -30,23 +30,69 @@ from tasks.errors import (
     DatabaseUnreachable,
     VibeOpsError,
 )
+from tasks.object_diff import ObjectCatalog
 
 _PRE_SNAPSHOT = re.compile(r"^\s*(/\*[!M]?\d+\s+)?(SET|START TRANSACTION)\b", re.IGNORECASE)
-IDENTIFIER = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+# Names we compose ourselves (scratch databases, tenants, sample data) stay this narrow.
+COMPOSED_NAME = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
+MAX_IDENTIFIER_CHARS = 64
+TRAILING_WHITESPACE = " \t\n\r\x0b\x0c"
 # MySQL client error codes mapped to what an operator must do about them.
 _UNREACHABLE_CODES = {2002, 2003, 2005, 2006, 2013, 1040, 1205}
 _AUTH_CODES = {1044, 1045, 1698}
 _UNKNOWN_DB = 1049
 
 
+def identifier_problem(name: str) -> str | None:
+    """Why MariaDB would refuse `name` as a database/table/column/... name, or None.
+
+    MariaDB accepts 1-64 characters of the Basic Multilingual Plane except NUL, not ending
+    in ASCII whitespace (space, tab, newline, CR, VT, FF); backticks, quotes, dots, slashes,
+    reserved words and leading spaces are all legal once quoted.
+    """
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_IDENTIFIER_CHARS:
+        return f"it is {len(name)} characters long (MariaDB allows {MAX_IDENTIFIER_CHARS})"
+    if "\x00" in name:
+        return "it contains a NUL character"
+    if name[-1] in TRAILING_WHITESPACE:
+        return f"it ends with whitespace ({name[-1]!r})"
+    if any(ord(ch) > 0xFFFF for ch in name):
+        return "it contains a character outside the Basic Multilingual Plane (e.g. an emoji)"
+    return None
+
+
 def quote_identifier(name: str) -> str:
-    """Backtick-quote a validated identifier; raise ConfigurationError otherwise."""
-    if not IDENTIFIER.match(name):
+    """Backtick-quote any identifier MariaDB accepts (backticks doubled).
+
+    For names read from a server or given by an operator to name an existing object.
+
+    Raises:
+        ConfigurationError: MariaDB itself would refuse the name (empty, too long, NUL, ...).
+    """
+    problem = identifier_problem(name)
+    if problem is not None:
+        raise ConfigurationError(f"{name!r} cannot be a MariaDB identifier: {problem}")
+    return "`" + name.replace("`", "``") + "`"
+
+
+def quote_composed_name(name: str, what: str = "name") -> str:
+    """Validate a name we compose ourselves (scratch database, tenant) and backtick-quote it.
+
+    Raises:
+        ConfigurationError: the name is outside 1-64 letters, digits, '_', '$' or '-'.
+    """
+    if not COMPOSED_NAME.match(name):
         raise ConfigurationError(
-            f"{name!r} is not an allowed MySQL identifier here: use 1-64 letters, digits, "
-            "'_', '$' or '-'"
+            f"{what} {name!r} is not allowed: use 1-64 letters, digits, '_', '$' or '-'"
         )
     return f"`{name}`"
+
+
+def quote_qualified(database: str, name: str) -> str:
+    """`db`.`name`, both quoted with quote_identifier."""
+    return f"{quote_identifier(database)}.{quote_identifier(name)}"
 
 
 def translate_error(
@@ -137,6 +183,7 @@ class SourceFacts:
     views: list[str]
     routines: list[str]
     data_bytes: int
+    catalog: ObjectCatalog | None = None
 
 
 def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:

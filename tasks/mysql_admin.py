@@ -29,7 +29,7 @@ from pydantic import SecretStr
 
 from blocks.mysql import MySQLConnection
 from tasks.errors import ConfigurationError, DatabaseUnreachable, TenantSqlError, VibeOpsError
-from tasks.mysql import connect, quote_identifier, translate_error
+from tasks.mysql import connect, quote_composed_name, quote_identifier, translate_error
 from tasks.tenants import FieldChange, TenantRecord
 
 # Tenant identifiers are narrower than what MySQL allows: no '$', no '-', no quoting tricks.
@@ -69,7 +69,7 @@ def schema_name(name: str) -> str:
         raise ConfigurationError(
             f"database name {name!r} is not allowed: use 1-64 of a-z, 0-9 and '_'"
         )
-    return quote_identifier(name)
+    return quote_composed_name(name, "tenant database")
 
 
 def _account(user: str, host: str) -> tuple[str, str]:

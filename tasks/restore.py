@@ -61,7 +61,14 @@ from tasks.errors import (
 )
 from tasks.manifest import BackupManifest, Engine, StoredObject
 from tasks.mydumper import restore_mydumper
-from tasks.mysql import connect, defaults_file, find_tool, one_row, quote_identifier
+from tasks.mysql import (
+    connect,
+    defaults_file,
+    find_tool,
+    one_row,
+    quote_composed_name,
+    quote_identifier,
+)
 from tasks.physical import (
     ScratchServer,
     check_scratch_server,
@@ -71,6 +78,7 @@ from tasks.physical import (
 from tasks.storage import READ_CHUNK, ObjectStore
 
 READ_AHEAD = 4
+CHARSET_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 LOADER_QUEUE = 8
 BARRIER_TIMEOUT_S = 6 * 3600
 _EOF = object()
@@ -158,19 +166,27 @@ def read_drill_markers(
 
 
 def create_scratch_database(
-    server: MySQLConnection, name: str, marker: DrillMarker, protected: Sequence[str]
+    server: MySQLConnection,
+    name: str,
+    marker: DrillMarker,
+    protected: Sequence[str],
+    charset: str | None = None,
+    collation: str | None = None,
 ) -> None:
     """Create `name` with its marker table; refuse (RestoreTargetRefused) a database not ours.
 
-    A previous drill's database of the same name (marked, keep window over) is replaced.
+    The database gets the source's default `charset` and `collation` (utf8mb4 when the
+    manifest does not record them), so restored objects keep the database collation they
+    were created with. A previous drill's database of the same name (marked, keep window
+    over) is replaced.
     """
     existing = read_drill_markers(server, [name])
     check_scratch_target(name, protected, existing, marker.created_at)
-    quoted = quote_identifier(name)
+    quoted = quote_composed_name(name, "scratch_database")
     with connect(server) as connection, connection.cursor() as cur:
         if existing:
             cur.execute(f"DROP DATABASE {quoted}")
-        cur.execute(f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4")
+        cur.execute(f"CREATE DATABASE {quoted} {database_defaults_sql(charset, collation)}")
         cur.execute(
             f"CREATE TABLE {quoted}.{MARKER_TABLE} (drill_run VARCHAR(64) NOT NULL,"
             " source VARCHAR(64) NOT NULL, backup_id VARCHAR(64) NOT NULL,"
@@ -191,6 +207,18 @@ def create_scratch_database(
                 marker.status,
             ),
         )
+
+
+def database_defaults_sql(charset: str | None, collation: str | None) -> str:
+    """`CHARACTER SET x COLLATE y` for CREATE DATABASE; names checked (they come from a file)."""
+    for what, value in (("character set", charset), ("collation", collation)):
+        if value is not None and not CHARSET_NAME.match(value):
+            raise ConfigurationError(
+                f"the manifest's database {what} {value!r} is not a character set or collation "
+                "name (letters, digits, '_'): the manifest is damaged"
+            )
+    clause = f"CHARACTER SET {charset or 'utf8mb4'}"
+    return clause + (f" COLLATE {collation}" if collation else "")
 
 
 def update_marker(
@@ -764,8 +792,12 @@ def prepare_scratch_target(
     protected: list[str],
     engine: Engine = "mysqldump",
     database: str = "",
+    charset: str | None = None,
+    collation: str | None = None,
 ) -> RestoreTarget:
     """Create the scratch database (marked as the drill's); undone by the transaction's rollback.
+
+    It gets the source database's `charset` and `collation` (from the manifest).
 
     For a `physical` backup: a throwaway server's folder and port instead (`database` is the
     backed-up database, which the server will hold); the server starts during the restore.
@@ -789,7 +821,7 @@ def prepare_scratch_target(
             database=database,
             scratch_server=scratch,
         )
-    create_scratch_database(server, name, marker, protected)
+    create_scratch_database(server, name, marker, protected, charset, collation)
     if transaction is not None:
         transaction.set("scratch", (server, name))
     get_run_logger().info("created scratch database %s on %s:%s", name, server.host, server.port)

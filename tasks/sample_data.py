@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from blocks.mysql import MySQLConnection
-from tasks.mysql import connect, one_row, quote_identifier
+from tasks.mysql import connect, one_row, quote_composed_name
 
 AI_MODELS = ["gpt-5", "claude-4", "gemini-3", "llama-4", "mistral-l", "qwen-3"]
 
@@ -58,7 +58,7 @@ SCHEMA = [
 
 def create_database(conn: MySQLConnection, database: str, drop_first: bool = False) -> None:
     """Create `database` (utf8mb4) with the sample schema."""
-    quoted = quote_identifier(database)
+    quoted = quote_composed_name(database, "sample database")
     with connect(conn) as connection, connection.cursor() as cur:
         if drop_first:
             cur.execute(f"DROP DATABASE IF EXISTS {quoted}")

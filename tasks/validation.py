@@ -1,9 +1,11 @@
 """Validating a restored scratch target against its backup manifest.
 
-Two layers:
+Three layers:
 1. Parity: every table's exact row count and `CHECKSUM TABLE` against the values the backup
-   recorded at its consistent point, plus the manifest's views and routines.
-2. A great-expectations suite (ephemeral context, SQL data source `mysql+pymysql://`) defined
+   recorded at its consistent point.
+2. Objects: the restored copy's catalog (tasks.mysql_objects) against the manifest's, object
+   by object (tasks.object_diff): definitions, sql_mode, collations, trigger order, ...
+3. A great-expectations suite (ephemeral context, SQL data source `mysql+pymysql://`) defined
    as data in `deployments/expectations/*.yaml`, which operators extend without code.
    Expensive expectation types only run on tables at most `expensive.max_rows` rows big.
 """
@@ -32,6 +34,8 @@ from tasks.drill import MARKER_TABLE, RestoredTable, TableParity, compare_tables
 from tasks.errors import ConfigurationError
 from tasks.manifest import BackupManifest
 from tasks.mysql import connect, table_checksums, table_row_counts
+from tasks.mysql_objects import read_object_catalog
+from tasks.object_diff import ObjectDifference, compare_catalogs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPECTATIONS = "deployments/expectations/mysql.yaml"
@@ -162,8 +166,42 @@ def inspect_restored(
         return dict(pool.map(facts, tables))
 
 
+NO_CATALOG = (
+    "this backup's manifest records no object catalog (taken before catalogs were recorded): "
+    "only table rows/checksums and view/routine names were checked; triggers, events, "
+    "sequences, definitions, sql_mode, collations and AUTO_INCREMENT were not"
+)
+
+
+@dataclass
+class ObjectCheck:
+    """The restored copy's objects against the backup's catalog."""
+
+    differences: list[ObjectDifference] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+    unchecked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_objects(conn: MySQLConnection, database: str, manifest: BackupManifest) -> ObjectCheck:
+    """Compare every object of the restored `database` with the manifest's catalog.
+
+    Old manifests without a catalog: views and routines by name only, and say so.
+    """
+    if manifest.catalog is None:
+        problems = missing_objects(conn, database, manifest)
+        return ObjectCheck(unchecked=[NO_CATALOG], problems=problems)
+    restored = read_object_catalog(conn, database, ignore_tables=[MARKER_TABLE])
+    differences = compare_catalogs(manifest.catalog, restored, manifest.database)
+    return ObjectCheck(
+        differences=differences,
+        checked=manifest.catalog.counts(),
+        problems=[d.message for d in differences],
+    )
+
+
 def missing_objects(conn: MySQLConnection, database: str, manifest: BackupManifest) -> list[str]:
-    """Views and routines the manifest lists that the restore does not have."""
+    """Views and routines the manifest lists that the restore does not have (old manifests)."""
     with connect(conn) as connection, connection.cursor() as cur:
         cur.execute(
             "SELECT table_name FROM information_schema.views WHERE table_schema = %s", (database,)
@@ -317,6 +355,7 @@ class ValidationReport:
     parity: list[TableParity]
     expectations: list[ExpectationOutcome]
     problems: list[str] = field(default_factory=list)
+    objects: ObjectCheck = field(default_factory=ObjectCheck)
 
     @property
     def ok(self) -> bool:
@@ -342,13 +381,14 @@ def validate_restore(
     suite: ExpectationSuiteSpec,
     parallel: int = 2,
 ) -> ValidationReport:
-    """Row counts + CHECKSUM TABLE parity with the manifest, then the expectation suite."""
+    """Row counts + CHECKSUM TABLE parity, every object against the catalog, then the suite."""
     logger = get_run_logger()
     with_checksums = any(facts.checksum is not None for facts in manifest.tables.values())
     restored = inspect_restored(conn, database, with_checksums, parallel)
     parity = compare_tables(manifest.tables, restored)
     problems = [f"table {p.table}: {p.problem}" for p in parity if not p.ok]
-    problems += missing_objects(conn, database, manifest)
+    objects = check_objects(conn, database, manifest)
+    problems += objects.problems
     expectations = run_expectations(conn, database, suite, manifest, restored)
     problems += [
         f"table {e.table}: {e.expectation}({_args(e.kwargs)}) failed: {e.observed or 'no detail'}"
@@ -356,15 +396,19 @@ def validate_restore(
         if not e.success
     ]
     logger.info(
-        "validated %s: %d table(s), %d parity problem(s), %d/%d expectation(s) passed, %d skipped",
+        "validated %s: %d table(s), %d parity problem(s), %d object difference(s), "
+        "%d/%d expectation(s) passed, %d skipped",
         database,
         len(parity),
         sum(not p.ok for p in parity),
+        len(objects.problems),
         sum(e.success and not e.skipped for e in expectations),
         sum(not e.skipped for e in expectations),
         sum(bool(e.skipped) for e in expectations),
     )
-    return ValidationReport(parity=parity, expectations=expectations, problems=problems)
+    return ValidationReport(
+        parity=parity, expectations=expectations, problems=problems, objects=objects
+    )
 
 
 def _args(kwargs: Mapping[str, Any]) -> str:
