@@ -309,11 +309,12 @@ def _trigger_sql_mode_lost(sql: str) -> str:
 
 
 def _function_collation_changed(sql: str) -> str:
+    """The function re-created under another connection collation."""
     at = re.search(rf"FUNCTION {_name(FUNCTION)}", sql)
     assert at
-    old = "SET collation_connection  = utf8mb3_general_ci"
+    old = "SET collation_connection  = utf8mb4_general_ci"
     line = sql.rindex(old, 0, at.start())
-    return sql[:line] + "SET collation_connection  = utf8mb3_bin" + sql[line + len(old) :]
+    return sql[:line] + "SET collation_connection  = utf8mb4_bin" + sql[line + len(old) :]
 
 
 @pytest.mark.parametrize(
@@ -322,7 +323,7 @@ def _function_collation_changed(sql: str) -> str:
         (_trigger_sql_mode_lost, f"trigger {TRIGGER_SECOND}: sql_mode '' != 'STRICT_TRANS_TABLES"),
         (
             _function_collation_changed,
-            f"function {FUNCTION}: collation_connection 'utf8mb3_bin' != 'utf8mb3_general_ci'",
+            f"function {FUNCTION}: collation_connection 'utf8mb4_bin' != 'utf8mb4_general_ci'",
         ),
     ],
     ids=["trigger-sql_mode", "function-collation"],
