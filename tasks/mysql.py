@@ -66,7 +66,8 @@ def identifier_problem(name: str) -> str | None:
 def quote_identifier(name: str) -> str:
     """Backtick-quote any identifier MariaDB accepts (backticks doubled).
 
-    For names read from a server or given by an operator to name an existing object.
+    For names read from a server or given by an operator to name an existing object. In a
+    statement run with parameters, pymysql %-formats the text: write a quoted '%' as '%%'.
 
     Raises:
         ConfigurationError: MariaDB itself would refuse the name (empty, too long, NUL, ...).
