@@ -57,7 +57,7 @@ from tasks.errors import (
 from tasks.influx import delete_drill_bucket, read_influx_drill_markers
 from tasks.manifest import BackupManifest
 from tasks.mongo import drop_drill_database, read_mongo_drill_markers
-from tasks.object_diff import markdown_code, object_report_lines
+from tasks.object_diff import markdown_code, markdown_text, object_report_lines
 from tasks.physical import find_leftover_servers, remove_leftover_server, scratch_servers_root
 from tasks.restore import (
     BackupSearch,
@@ -424,7 +424,7 @@ def _report(
         "",
     ]
     if verdict.reasons:
-        lines += ["**Why it failed**", "", *[f"- {_cell(r)}" for r in verdict.reasons], ""]
+        lines += ["**Why it failed**", "", *[f"- {markdown_text(r)}" for r in verdict.reasons], ""]
     if manifest:
         lines += [
             f"Backup `{manifest.backup_id}` ({manifest.engine}, {manifest.codec}), consistent at "

@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 
 OBJECT_NAME = "mydumper.tar"
 SNAPSHOTS_OPEN = "Transactions started"  # mydumper -v 3, once every worker has its snapshot
-_FILE_NAME = re.compile(r"^[A-Za-z0-9_$.@-]{1,255}$")
+# mydumper names files after the database and table as they are (`db.t a é-schema.sql`):
+# any name but a path (no '/', NUL, '.' or '..').
+_FILE_NAME = re.compile(r"^(?!\.\.?$)[^/\x00]{1,255}$")
 STDERR_TAIL = 16384
 
 

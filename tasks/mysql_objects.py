@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+import pymysql
 import pymysql.cursors
 
 from blocks.mysql import MySQLConnection
@@ -26,6 +27,7 @@ from tasks.object_diff import (
 )
 
 TABLE_TYPES = ("BASE TABLE", "SYSTEM VERSIONED")
+ER_EVENTS_DB_ERROR = 1577  # "Cannot proceed, because event scheduler is disabled"
 _SHOW_CREATE: dict[ObjectKind, tuple[str, int]] = {
     # kind: (SHOW CREATE <what>, column of the statement)
     "procedure": ("PROCEDURE", 2),
@@ -52,7 +54,12 @@ def read_object_catalog(
         objects = _read_views_and_sequences(cur, database)
         objects += _read_triggers(cur, database)
         objects += _read_routines(cur, database)
-        objects += _read_events(cur, database)
+        try:
+            objects += _read_events(cur, database)
+        except pymysql.err.OperationalError as exc:
+            if exc.args[0] != ER_EVENTS_DB_ERROR:
+                raise
+            catalog.unread["event"] = f"error {exc.args[0]}: {exc.args[1]}"
     catalog.objects = sorted(objects, key=lambda o: (o.kind, o.name))
     return catalog
 

@@ -35,7 +35,7 @@ from tasks.errors import ConfigurationError
 from tasks.manifest import BackupManifest
 from tasks.mysql import connect, table_checksums, table_row_counts
 from tasks.mysql_objects import read_object_catalog
-from tasks.object_diff import ObjectDifference, compare_catalogs
+from tasks.object_diff import ObjectDifference, compare_catalogs, unchecked_kinds
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_EXPECTATIONS = "deployments/expectations/mysql.yaml"
@@ -196,6 +196,7 @@ def check_objects(conn: MySQLConnection, database: str, manifest: BackupManifest
     return ObjectCheck(
         differences=differences,
         checked=manifest.catalog.counts(),
+        unchecked=unchecked_kinds(manifest.catalog, restored),
         problems=[d.message for d in differences],
     )
 
