@@ -18,6 +18,7 @@ import zstandard
 
 from blocks import MySQLConnection
 from flows.backup import BackupMySQLParams, backup_mysql
+from flows.forms import params_of
 from flows.restore_drill import RestoreDrillParams, restore_drill
 from tasks.drill import scratch_database_name
 from tasks.errors import DrillFailed
@@ -96,12 +97,14 @@ def golden(tmp_path_factory: pytest.TempPathFactory, source_db: str, server_bloc
     """One real mysqldump backup of the hostile database in two local regions."""
     root = tmp_path_factory.mktemp("golden")
     manifest = backup_mysql(
-        BackupMySQLParams(
-            source=source_db,
-            database=source_db,
-            connection_block=server_block,
-            store_block=save_block(local_store(root)),
-            engine="mysqldump",
+        **params_of(
+            BackupMySQLParams(
+                source=source_db,
+                database=source_db,
+                connection_block=server_block,
+                store_block=save_block(local_store(root)),
+                engine="mysqldump",
+            )
         )
     )
     return root, manifest
@@ -153,7 +156,7 @@ def drill(backup: Copy, source: str, server: str, **extra: object):  # type: ign
     params = RestoreDrillParams(
         source=source, store_block=backup.block, drill_server_block=server, **extra
     )
-    return restore_drill(params, return_state=True)
+    return restore_drill(**params_of(params), return_state=True)
 
 
 def report_of(state) -> str:  # type: ignore[no-untyped-def]
