@@ -200,57 +200,49 @@ def _read_triggers(cur: pymysql.cursors.Cursor, database: str) -> list[SchemaObj
     return objects
 
 
+_PROGRAM_CONTEXT = (
+    "SQL_MODE, DEFINER, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, DATABASE_COLLATION"
+)
+
+
+def _stored_program(
+    cur: pymysql.cursors.Cursor, kind: ObjectKind, name: Any, context: tuple[Any, ...], **extra: Any
+) -> SchemaObject:
+    """A routine or event: SHOW CREATE digest plus the context columns of _PROGRAM_CONTEXT."""
+    what, column = _SHOW_CREATE[kind]
+    create = _show_create(cur, what, str(name), column)
+    sql_mode, definer, client, collation, db_collation = (_text(v) for v in context)
+    return SchemaObject(
+        kind=kind,
+        name=str(name),
+        digest=digest(normalise_program(create)),
+        sql_mode=sql_mode,
+        definer=definer,
+        character_set_client=client,
+        collation_connection=collation,
+        database_collation=db_collation,
+        **extra,
+    )
+
+
 def _read_routines(cur: pymysql.cursors.Cursor, database: str) -> list[SchemaObject]:
     rows = _rows(
         cur,
-        "SELECT ROUTINE_NAME, ROUTINE_TYPE, SQL_MODE, DEFINER, CHARACTER_SET_CLIENT,"
-        " COLLATION_CONNECTION, DATABASE_COLLATION FROM information_schema.ROUTINES"
+        f"SELECT ROUTINE_NAME, ROUTINE_TYPE, {_PROGRAM_CONTEXT} FROM information_schema.ROUTINES"
         " WHERE ROUTINE_SCHEMA = %s AND ROUTINE_TYPE IN ('PROCEDURE', 'FUNCTION')",
         database,
     )
-    objects = []
-    for name, routine_type, sql_mode, definer, client, collation, db_collation in rows:
-        kind: ObjectKind = "procedure" if str(routine_type) == "PROCEDURE" else "function"
-        what, column = _SHOW_CREATE[kind]
-        create = _show_create(cur, what, str(name), column)
-        objects.append(
-            SchemaObject(
-                kind=kind,
-                name=str(name),
-                digest=digest(normalise_program(create)),
-                sql_mode=_text(sql_mode),
-                definer=_text(definer),
-                character_set_client=_text(client),
-                collation_connection=_text(collation),
-                database_collation=_text(db_collation),
-            )
-        )
-    return objects
+    return [
+        _stored_program(cur, "procedure" if row[1] == "PROCEDURE" else "function", row[0], row[2:])
+        for row in rows
+    ]
 
 
 def _read_events(cur: pymysql.cursors.Cursor, database: str) -> list[SchemaObject]:
     rows = _rows(
         cur,
-        "SELECT EVENT_NAME, SQL_MODE, DEFINER, TIME_ZONE, CHARACTER_SET_CLIENT,"
-        " COLLATION_CONNECTION, DATABASE_COLLATION FROM information_schema.EVENTS"
+        f"SELECT EVENT_NAME, TIME_ZONE, {_PROGRAM_CONTEXT} FROM information_schema.EVENTS"
         " WHERE EVENT_SCHEMA = %s",
         database,
     )
-    objects = []
-    what, column = _SHOW_CREATE["event"]
-    for name, sql_mode, definer, time_zone, client, collation, db_collation in rows:
-        create = _show_create(cur, what, str(name), column)
-        objects.append(
-            SchemaObject(
-                kind="event",
-                name=str(name),
-                digest=digest(normalise_program(create)),
-                sql_mode=_text(sql_mode),
-                definer=_text(definer),
-                time_zone=_text(time_zone),
-                character_set_client=_text(client),
-                collation_connection=_text(collation),
-                database_collation=_text(db_collation),
-            )
-        )
-    return objects
+    return [_stored_program(cur, "event", row[0], row[2:], time_zone=_text(row[1])) for row in rows]

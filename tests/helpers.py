@@ -2,18 +2,52 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
 
 from blocks import BackupStore, LocalFolderDestination, MySQLConnection
+from tasks.manifest import BackupManifest, parse_manifest
 from tasks.mysql import defaults_file
+from tasks.storage import LocalFolderStore
+
+REGIONS = ("local-a", "local-b")
+
+
+def back_up_to_local_regions(
+    root: Path, source: str, server_block: str, **params: object
+) -> BackupManifest:
+    """Run backup-mysql of database `source` into two local-folder regions under `root`."""
+    from flows.backup import BackupMySQLParams, backup_mysql
+    from flows.forms import params_of
+
+    model = BackupMySQLParams(
+        source=source,
+        database=source,
+        connection_block=server_block,
+        store_block=save_block(local_store(root)),
+        **params,  # type: ignore[arg-type]
+    )
+    return backup_mysql(**params_of(model))
+
+
+def markdown_of(flow_run_id: uuid.UUID, key_prefix: str = "restore-drill-") -> str:
+    """The body of the run's Markdown artifact whose key starts with `key_prefix`."""
+    for artifact in artifacts_of(flow_run_id):
+        if artifact.type == "markdown" and (artifact.key or "").startswith(key_prefix):
+            return str(artifact.data)
+    raise AssertionError("no markdown report")
 
 
 def save_block(block: Block, prefix: str = "t") -> str:
@@ -113,3 +147,51 @@ def child_argvs(*binary_names: str) -> list[tuple[int, bytes]]:
         if program and program.endswith(wanted) and parent == os.getpid():
             found.append((int(entry.name), cmdline))
     return found
+
+
+@dataclass
+class Regions:
+    """A per-test copy of the golden backup's two regions."""
+
+    root: Path
+    block: str
+    manifest: BackupManifest
+
+    @classmethod
+    def copy_of(cls, root: Path, manifest: BackupManifest, copy: Path) -> Regions:
+        """A copy of the regions under `root` in `copy`, with a store block of its own."""
+        shutil.copytree(root, copy)
+        return cls(copy, save_block(local_store(copy)), manifest)
+
+    def object_path(self, region: str, manifest: BackupManifest | None = None) -> Path:
+        m = manifest or self.manifest
+        return self.root / region / m.object_key(m.objects[0].name)
+
+    def flip_byte(self, region: str) -> None:
+        path = self.object_path(region)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+
+    def rewrite_manifest(self, **changes) -> None:
+        for region in REGIONS:
+            store = LocalFolderStore(region, self.root / region)
+            current = parse_manifest(store.read_bytes(self.manifest.manifest_key))
+            store.write_bytes(
+                self.manifest.manifest_key, current.model_copy(update=changes).to_json()
+            )
+
+    def tamper_sql(self, edit: Callable[[str], str]) -> None:
+        """Rewrite the dump in both regions and re-sign it in the manifests (a bad backup)."""
+        sql = (
+            zstandard.ZstdDecompressor()
+            .decompressobj()
+            .decompress(self.object_path(REGIONS[0]).read_bytes())
+        )
+        data = zstandard.ZstdCompressor(level=3).compress(edit(sql.decode()).encode())
+        for region in REGIONS:
+            self.object_path(region).write_bytes(data)
+        obj = self.manifest.objects[0].model_copy(
+            update={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
+        self.rewrite_manifest(objects=[obj])

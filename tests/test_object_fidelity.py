@@ -5,33 +5,25 @@ must fail the drill, naming the object kind, its name and what differs."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from blocks import MySQLConnection
-from flows.backup import BackupMySQLParams, backup_mysql
 from flows.forms import params_of
 from flows.restore_drill import RestoreDrillParams, restore_drill
 from tasks.drill import scratch_database_name
 from tasks.errors import DrillFailed
-from tasks.manifest import BackupManifest, parse_manifest
 from tasks.object_diff import backquote, markdown_code
 from tasks.restore import drop_scratch_database, read_drill_markers
-from tasks.storage import LocalFolderStore
 from tests.fixtures.mysql import run_sql
-from tests.helpers import artifacts_of, local_store, save_block
+from tests.helpers import Regions, back_up_to_local_regions, markdown_of, save_block
 
 pytestmark = pytest.mark.mysql
 
-REGIONS = ("local-a", "local-b")
 ORDERS = "Bestellungen für Kunden"  # a space and non-ASCII letters: stopped every backup
 VIEW = "Kunden | Sicht"
 TRIGGER_FIRST = "vor Einfügen"
@@ -96,63 +88,18 @@ def server_block(mysql_root: MySQLConnection) -> str:
 def golden(tmp_path_factory: pytest.TempPathFactory, source_db: str, server_block: str):
     """One real mysqldump backup of the hostile database in two local regions."""
     root = tmp_path_factory.mktemp("golden")
-    manifest = backup_mysql(
-        **params_of(
-            BackupMySQLParams(
-                source=source_db,
-                database=source_db,
-                connection_block=server_block,
-                store_block=save_block(local_store(root)),
-                engine="mysqldump",
-            )
-        )
-    )
+    manifest = back_up_to_local_regions(root, source_db, server_block, engine="mysqldump")
     return root, manifest
 
 
-@dataclass
-class Copy:
-    """A per-test copy of the golden backup, whose dump a test may damage."""
-
-    root: Path
-    block: str
-    manifest: BackupManifest
-
-    def _path(self, region: str) -> Path:
-        return self.root / region / self.manifest.object_key(self.manifest.objects[0].name)
-
-    def edit_dump(self, edit: Callable[[str], str]) -> None:
-        """Rewrite the dump in both regions and re-sign it (a backup that was taken damaged)."""
-        raw = self._path(REGIONS[0]).read_bytes()
-        sql = zstandard.ZstdDecompressor().decompressobj().decompress(raw).decode()
-        changed = edit(sql)
-        assert changed != sql, "the edit changed nothing"
-        data = zstandard.ZstdCompressor(level=3).compress(changed.encode())
-        obj = self.manifest.objects[0].model_copy(
-            update={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        )
-        for region in REGIONS:
-            self._path(region).write_bytes(data)
-        self.rewrite_manifest(objects=[obj])
-
-    def rewrite_manifest(self, **changes: object) -> None:
-        for region in REGIONS:
-            store = LocalFolderStore(region, self.root / region)
-            current = parse_manifest(store.read_bytes(self.manifest.manifest_key))
-            store.write_bytes(
-                self.manifest.manifest_key, current.model_copy(update=changes).to_json()
-            )
-
-
 @pytest.fixture
-def backup(golden, tmp_path: Path) -> Copy:
+def backup(golden, tmp_path: Path) -> Regions:
+    """A per-test copy of the golden backup, whose dump a test may damage."""
     root, manifest = golden
-    copy = tmp_path / "regions"
-    shutil.copytree(root, copy)
-    return Copy(copy, save_block(local_store(copy)), manifest)
+    return Regions.copy_of(root, manifest, tmp_path / "regions")
 
 
-def drill(backup: Copy, source: str, server: str, **extra: object):  # type: ignore[no-untyped-def]
+def drill(backup: Regions, source: str, server: str, **extra: object):  # type: ignore[no-untyped-def]
     params = RestoreDrillParams(
         source=source, store_block=backup.block, drill_server_block=server, **extra
     )
@@ -160,10 +107,7 @@ def drill(backup: Copy, source: str, server: str, **extra: object):  # type: ign
 
 
 def report_of(state) -> str:  # type: ignore[no-untyped-def]
-    for artifact in artifacts_of(state.state_details.flow_run_id):
-        if artifact.type == "markdown" and (artifact.key or "").startswith("restore-drill-"):
-            return str(artifact.data)
-    raise AssertionError("no markdown report")
+    return markdown_of(state.state_details.flow_run_id)
 
 
 def failure_of(state) -> BaseException:  # type: ignore[no-untyped-def]
@@ -176,7 +120,7 @@ def failure_of(state) -> BaseException:  # type: ignore[no-untyped-def]
 
 
 def test_hostile_names_back_up_and_drill_exactly_into_a_scratch_with_the_source_collation(
-    backup: Copy, source_db: str, server_block: str, mysql_root: MySQLConnection
+    backup: Regions, source_db: str, server_block: str, mysql_root: MySQLConnection
 ) -> None:
     catalog = backup.manifest.catalog
     assert catalog is not None
@@ -279,16 +223,16 @@ def _drop_rest_of_view(sql: str) -> str:
 
 @pytest.mark.parametrize("kind", list(MISSING))
 def test_drill_fails_when_one_object_is_missing_naming_its_kind_and_name(
-    kind: str, backup: Copy, source_db: str, server_block: str, mysql_root: MySQLConnection
+    kind: str, backup: Regions, source_db: str, server_block: str, mysql_root: MySQLConnection
 ) -> None:
     name, edit = MISSING[kind]
     if kind == "sequence":
         setval = re.compile(rf"^DO SETVAL\({_name(SEQUENCE)}[^\n]*\n", re.MULTILINE)
-        backup.edit_dump(lambda sql: setval.sub("", edit(sql)))
+        backup.tamper_sql(lambda sql: setval.sub("", edit(sql)))
     elif kind == "view":
-        backup.edit_dump(lambda sql: _drop_rest_of_view(edit(sql)))
+        backup.tamper_sql(lambda sql: _drop_rest_of_view(edit(sql)))
     else:
-        backup.edit_dump(edit)
+        backup.tamper_sql(edit)
     state = drill(backup, source_db, server_block)
     assert state.is_failed(), state
     message = f"{kind} {backquote(name)}: missing after restore"
@@ -332,9 +276,9 @@ def _function_collation_changed(sql: str) -> str:
     ids=["trigger-sql_mode", "function-collation"],
 )
 def test_a_stored_program_restored_with_another_context_fails_the_drill_naming_it(
-    edit: Callable[[str], str], expected: str, backup: Copy, source_db: str, server_block: str
+    edit: Callable[[str], str], expected: str, backup: Regions, source_db: str, server_block: str
 ) -> None:
-    backup.edit_dump(edit)
+    backup.tamper_sql(edit)
     state = drill(backup, source_db, server_block)
     assert state.is_failed(), state
     kind, rest = expected.split(" ", 1)
@@ -344,7 +288,7 @@ def test_a_stored_program_restored_with_another_context_fails_the_drill_naming_i
 
 
 def test_an_old_manifest_without_a_catalog_still_drills_and_says_what_it_did_not_check(
-    backup: Copy, source_db: str, server_block: str
+    backup: Regions, source_db: str, server_block: str
 ) -> None:
     backup.rewrite_manifest(catalog=None)
     state = drill(backup, source_db, server_block)

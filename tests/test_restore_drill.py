@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import zstandard
 from prefect.client.orchestration import get_client
 
 from blocks import BackupStore, MySQLConnection
@@ -31,18 +28,25 @@ from flows.restore_drill import (
 )
 from tasks.drill import read_history, scratch_database_name
 from tasks.errors import DrillFailed, RestoreTargetRefused
-from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, parse_manifest
+from tasks.manifest import backup_prefix, new_backup_id
 from tasks.physical import ScratchServer, create_scratch_server
 from tasks.restore import read_drill_markers
 from tasks.sample_data import create_sample_database
-from tasks.storage import LocalFolderStore, open_store
+from tasks.storage import open_store
 from tests.fixtures.gcs import gcs_destination
 from tests.fixtures.mysql import run_sql
-from tests.helpers import artifacts_of, local_store, run_texts, save_block
+from tests.helpers import (
+    REGIONS,
+    Regions,
+    artifacts_of,
+    back_up_to_local_regions,
+    local_store,
+    markdown_of,
+    run_texts,
+    save_block,
+)
 
 pytestmark = pytest.mark.mysql
-
-REGIONS = ("local-a", "local-b")
 
 
 @pytest.fixture(autouse=True)
@@ -69,69 +73,15 @@ def server_block(mysql_root: MySQLConnection) -> str:
 def golden(tmp_path_factory: pytest.TempPathFactory, source_db: str, server_block: str):
     """One real backup of the source in two local regions (copied per test)."""
     root = tmp_path_factory.mktemp("golden")
-    manifest = backup_mysql(
-        **params_of(
-            BackupMySQLParams(
-                source=source_db,
-                database=source_db,
-                connection_block=server_block,
-                store_block=save_block(local_store(root)),
-            )
-        )
-    )
+    manifest = back_up_to_local_regions(root, source_db, server_block)
     return root, manifest
-
-
-@dataclass
-class Regions:
-    """A per-test copy of the golden backup's two regions."""
-
-    root: Path
-    block: str
-    manifest: BackupManifest
-
-    def object_path(self, region: str, manifest: BackupManifest | None = None) -> Path:
-        m = manifest or self.manifest
-        return self.root / region / m.object_key(m.objects[0].name)
-
-    def flip_byte(self, region: str) -> None:
-        path = self.object_path(region)
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0x01
-        path.write_bytes(bytes(data))
-
-    def rewrite_manifest(self, **changes) -> None:
-        for region in REGIONS:
-            store = LocalFolderStore(region, self.root / region)
-            current = parse_manifest(store.read_bytes(self.manifest.manifest_key))
-            store.write_bytes(
-                self.manifest.manifest_key, current.model_copy(update=changes).to_json()
-            )
-
-    def tamper_sql(self, edit) -> None:  # type: ignore[no-untyped-def]
-        """Rewrite the dump in both regions and re-sign it in the manifests (a bad backup)."""
-        sql = (
-            zstandard.ZstdDecompressor()
-            .decompressobj()
-            .decompress(self.object_path(REGIONS[0]).read_bytes())
-        )
-        data = zstandard.ZstdCompressor(level=3).compress(edit(sql.decode()).encode())
-        for region in REGIONS:
-            self.object_path(region).write_bytes(data)
-        import hashlib
-
-        obj = self.manifest.objects[0].model_copy(
-            update={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        )
-        self.rewrite_manifest(objects=[obj])
 
 
 @pytest.fixture
 def regions(golden, tmp_path: Path) -> Regions:
     root, manifest = golden
     copy = tmp_path / "regions"
-    shutil.copytree(root, copy)
-    return Regions(copy, save_block(local_store(copy)), manifest)
+    return Regions.copy_of(root, manifest, copy)
 
 
 def params(regions: Regions, source: str, server: str, **extra) -> RestoreDrillParams:
@@ -161,13 +111,6 @@ def events_named(name: str, flow_run_id: uuid.UUID) -> list[dict]:
                 return events
             time.sleep(0.25)
     return []
-
-
-def markdown_of(flow_run_id: uuid.UUID, key_prefix: str = "restore-drill-") -> str:
-    for artifact in artifacts_of(flow_run_id):
-        if artifact.type == "markdown" and (artifact.key or "").startswith(key_prefix):
-            return str(artifact.data)
-    raise AssertionError("no markdown report")
 
 
 def failure(state) -> BaseException:  # type: ignore[no-untyped-def]
