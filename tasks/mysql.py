@@ -91,11 +91,6 @@ def quote_composed_name(name: str, what: str = "name") -> str:
     return f"`{name}`"
 
 
-def quote_qualified(database: str, name: str) -> str:
-    """`db`.`name`, both quoted with quote_identifier."""
-    return f"{quote_identifier(database)}.{quote_identifier(name)}"
-
-
 def translate_error(
     exc: pymysql.err.MySQLError, conn: MySQLConnection, database: str | None
 ) -> VibeOpsError:

@@ -188,7 +188,7 @@ def fill_experiments_server_side(
 
 def write_audit_rows(conn: MySQLConnection, database: str, count: int, actor: str = "demo") -> None:
     """`count` audit_log rows stamped now: writes after a backup, for point-in-time demos."""
-    quote_identifier(database)
+    quote_composed_name(database, "sample database")
     now = datetime.now(UTC)
     with connect(conn, database) as connection, connection.cursor() as cur:
         for number in range(count):
