@@ -181,6 +181,17 @@ class SnapshotFacts:
     checksums: dict[str, int | None] = field(default_factory=dict)
 
 
+_DUMP_OPTIONS: dict[str, str] = {}
+
+
+def dump_history_option(binary: str) -> list[str]:
+    """`--dump-history` (history of system-versioned tables) when this mariadb-dump has it."""
+    if binary not in _DUMP_OPTIONS:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+        _DUMP_OPTIONS[binary] = out.stdout
+    return ["--dump-history"] if "--dump-history" in _DUMP_OPTIONS[binary] else []
+
+
 def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
     """argv for a consistent, binary-safe logical dump of one database (no secrets)."""
     return [
@@ -195,6 +206,7 @@ def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
         "--default-character-set=utf8mb4",
         "--skip-dump-date",
         "--max-allowed-packet=256M",
+        *dump_history_option(binary),
         database,
     ]
 

@@ -427,8 +427,8 @@ class _Client:
 
 
 _INSERT = re.compile(rb"^(?:INSERT(?:\s+IGNORE)?|REPLACE)\s+INTO\s+`((?:[^`]|``)+)`", re.I)
-_BROADCAST = re.compile(
-    rb"^(?:/\*!\d+\s+SET\s|SET\s|COMMIT\s*;|BEGIN\s*;|START\s+TRANSACTION)", re.I
+_BROADCAST = re.compile(  # /*M!101100 SET ...system_versioning_insert_history... too
+    rb"^(?:/\*M?!\d+\s+SET\s|SET\s|COMMIT\s*;|BEGIN\s*;|START\s+TRANSACTION)", re.I
 )
 _CLIENT_COMMAND = re.compile(rb"^/\*M!\d+\\")  # MariaDB's `/*M!999999\- enable the sandbox mode */`
 _LOCKS = re.compile(rb"^(?:LOCK\s+TABLES\s|UNLOCK\s+TABLES\s*;)", re.I)
