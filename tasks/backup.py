@@ -380,7 +380,11 @@ def build_manifest(
             )
         ],
         tables={
-            table: TableFacts(rows=rows, checksum=snapshot.checksums.get(table))
+            table: TableFacts(
+                rows=rows,
+                checksum=snapshot.checksums.get(table),
+                longest_row_bytes=snapshot.longest_rows.get(table),
+            )
             for table, rows in snapshot.rows.items()
         },
         views=source_facts.views,

@@ -41,6 +41,7 @@ from tasks.errors import (
 )
 from tasks.manifest import BackupManifest, DumpFile, MydumperDetails
 from tasks.mysql import ConsistentDump, SnapshotFacts, defaults_file, quote_identifier
+from tasks.packet_limit import fit_packet_limit
 from tasks.storage import ObjectStore
 from tasks.stored_programs import PROGRAMS_FILE, dump_stored_programs, load_stored_programs
 
@@ -377,7 +378,7 @@ def restore_mydumper(
         )
         stats.statements = len(details.files)
         started = time.perf_counter()
-        with defaults_file(server) as cnf:
+        with fit_packet_limit(server, manifest, stats.notes), defaults_file(server) as cnf:
             command = myloader_command(
                 binary, cnf, dump, details.source_database, database, connections
             )

@@ -179,6 +179,7 @@ class SnapshotFacts:
     exact: bool = True
     rows: dict[str, int] = field(default_factory=dict)
     checksums: dict[str, int | None] = field(default_factory=dict)
+    longest_rows: dict[str, int] = field(default_factory=dict)
 
 
 _DUMP_OPTIONS: dict[str, str] = {}
@@ -352,6 +353,7 @@ class ConsistentDump:
                     cur.execute(f"CHECKSUM TABLE {quoted}")
                     value = one_row(cur)[1]
                     self.facts.checksums[table] = int(value) if value is not None else None
+            self.facts.longest_rows = longest_lob_rows(cur, self.database, tables)
             cur.execute("COMMIT")
         return self.facts
 
@@ -361,6 +363,54 @@ class ConsistentDump:
             self.process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
+
+
+LOB_TYPES = (
+    "tinyblob",
+    "blob",
+    "mediumblob",
+    "longblob",
+    "tinytext",
+    "text",
+    "mediumtext",
+    "longtext",
+    "json",
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+)
+
+
+def longest_lob_rows(
+    cur: pymysql.cursors.Cursor, database: str, tables: list[str]
+) -> dict[str, int]:
+    """Per table with BLOB/TEXT/JSON/spatial columns: the most bytes those hold in one row.
+
+    The other columns add at most 64 KiB to a row, so this is what decides whether a row's
+    INSERT fits the restore server's max_allowed_packet. One scan of each such table.
+    """
+    cur.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = %s AND data_type IN %s ORDER BY table_name, ordinal_position",
+        (database, LOB_TYPES),
+    )
+    columns: dict[str, list[str]] = {}
+    for table, column in cur.fetchall():
+        columns.setdefault(str(table), []).append(str(column))
+    result: dict[str, int] = {}
+    for table in tables:
+        if table in columns:
+            total = " + ".join(
+                f"COALESCE(LENGTH({quote_identifier(c)}), 0)" for c in columns[table]
+            )
+            cur.execute(f"SELECT COALESCE(MAX({total}), 0) FROM {quote_identifier(table)}")
+            result[table] = int(one_row(cur)[0])
+    return result
 
 
 def table_checksums(

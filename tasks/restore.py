@@ -61,6 +61,7 @@ from tasks.errors import (
 )
 from tasks.manifest import BackupManifest, Engine, StoredObject
 from tasks.mydumper import restore_mydumper
+from tasks.packet_limit import fit_packet_limit
 from tasks.mysql import connect, defaults_file, find_tool, one_row, quote_identifier
 from tasks.physical import (
     ScratchServer,
@@ -105,6 +106,7 @@ class RestoreStats:
     load_s: float = 0.0
     ignored_statements: list[str] = field(default_factory=list)
     binlog_skipped: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -361,6 +363,14 @@ class _Client:
         return self.broken.is_set() or self.process.poll() not in (None, 0)
 
     def error(self) -> RestoreLoadError:
+        """The client's failure with the server's full message.
+
+        A broken pipe is noticed before the client has printed its error and exited: wait
+        for the exit and for the stderr reader to drain, so the cause (e.g. error 2006) is kept.
+        """
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self._threads[2].join(timeout=10)
         code = self.process.poll()
         text = self.stderr.decode(errors="replace").strip()
         return RestoreLoadError(
@@ -651,7 +661,7 @@ def restore_logical_dump(
         connections=connections,
         binlog_skipped=skip_binlog,
     )
-    with defaults_file(server) as cnf:
+    with fit_packet_limit(server, manifest, stats.notes), defaults_file(server) as cnf:
         argv = client_command(binary, cnf, database, skip_binlog, client_supports_sandbox(binary))
         clients = [_Client(argv, i) for i in range(connections)]
         try:
@@ -844,6 +854,8 @@ def restore_copy(
         stats.load_s,
         "; ignored " + "; ".join(stats.ignored_statements) if stats.ignored_statements else "",
     )
+    for note in stats.notes:
+        logger.info("%s", note)
     return stats
 
 
