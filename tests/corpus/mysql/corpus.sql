@@ -29,6 +29,17 @@ INSERT INTO versioned VALUES (1, 'first'), (2, 'second');
 UPDATE versioned SET v = 'first-changed' WHERE id = 1;
 DELETE FROM versioned WHERE id = 2;
 
+-- system-versioned table with transaction-id versioning (only a physical copy keeps it)
+CREATE TABLE versioned_trx (
+  id INT PRIMARY KEY,
+  v INT NOT NULL,
+  trx_start BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE,
+  trx_end BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE,
+  PERIOD FOR SYSTEM_TIME (trx_start, trx_end)
+) ENGINE=InnoDB WITH SYSTEM VERSIONING;
+INSERT INTO versioned_trx VALUES (1, 1);
+UPDATE versioned_trx SET v = 2 WHERE id = 1;
+
 -- sequences
 CREATE SEQUENCE order_seq START WITH 1000 INCREMENT BY 5 MINVALUE 1000 MAXVALUE 999999 CACHE 10;
 SELECT NEXTVAL(order_seq);
