@@ -23,16 +23,16 @@ from tasks.mysql import connect
 # shape -> (what would be lost, the engines that round-trip it)
 SHAPES: dict[str, tuple[str, tuple[Engine, ...]]] = {
     "system-versioned": (
-        "a system-versioned table: its history rows and row_start/row_end times",
+        "a system-versioned table (its history rows and row_start/row_end times would be lost)",
         ("mysqldump", "physical"),
     ),
     "system-versioned-trx-id": (
         "a system-versioned table with transaction-id versioning (mariadb-dump's "
-        "--dump-history handles timestamp versioning only)",
+        "--dump-history handles timestamp versioning only, mydumper none)",
         ("physical",),
     ),
     "sequence": (
-        "a sequence: it would come back as a plain table",
+        "a sequence (it would come back as a plain table)",
         ("mysqldump", "physical"),
     ),
 }
@@ -78,7 +78,7 @@ def read_table_shapes(conn: MySQLConnection, database: str) -> list[TableShape]:
             "SELECT t.table_name, t.table_type,"
             " (SELECT c.data_type FROM information_schema.columns c"
             "   WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name"
-            "   AND c.extra LIKE '%%ROW START%%' LIMIT 1)"
+            "   AND c.generation_expression = 'ROW START' LIMIT 1)"
             " FROM information_schema.tables t WHERE t.table_schema = %s"
             " AND t.table_type IN ('SYSTEM VERSIONED', 'SEQUENCE') ORDER BY t.table_name",
             (database,),
