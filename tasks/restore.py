@@ -61,8 +61,8 @@ from tasks.errors import (
 )
 from tasks.manifest import BackupManifest, Engine, StoredObject
 from tasks.mydumper import restore_mydumper
-from tasks.packet_limit import fit_packet_limit
 from tasks.mysql import connect, defaults_file, find_tool, one_row, quote_identifier
+from tasks.packet_limit import fit_packet_limit
 from tasks.physical import (
     ScratchServer,
     check_scratch_server,

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from blocks import MySQLConnection
-from flows.backup import BackupMySQLParams, backup_mysql
 from tasks.drill import MARKER_TABLE, DrillMarker
 from tasks.engine_shapes import TableShape, refusals
 from tasks.errors import ConfigurationError
@@ -28,9 +27,9 @@ from tasks.manifest import BackupManifest
 from tasks.physical import create_scratch_server
 from tasks.restore import create_scratch_database, drop_scratch_database, restorer_for
 from tasks.storage import LocalFolderStore
+from tests.corpus.backup import flow_backup
 from tests.corpus.compare import CORPUS, catalog, create_database, differences, load_sql, q
 from tests.fixtures.mysql import run_sql
-from tests.helpers import local_store, save_block
 
 pytestmark = pytest.mark.mysql
 
@@ -80,16 +79,7 @@ def corpus_db(mysql_root: MySQLConnection) -> Iterator[str]:
 
 
 def backup(engine: str, database: str, conn: MySQLConnection, root: Path) -> BackupManifest:
-    return backup_mysql(
-        BackupMySQLParams(
-            source=database,
-            database=database,
-            engine=engine,  # type: ignore[arg-type]
-            connection_block=save_block(conn),
-            store_block=save_block(local_store(root)),
-            chunk_rows=1000,
-        )
-    )
+    return flow_backup(engine, database, conn, root)  # type: ignore[no-any-return]
 
 
 def restored_catalog(
@@ -146,16 +136,7 @@ def test_every_engine_round_trips_the_corpus_object_by_object(
 def test_an_engine_refuses_what_it_cannot_round_trip_before_writing_anything(
     engine: str, corpus_db: str, mysql_root: MySQLConnection, tmp_path: Path
 ) -> None:
-    state = backup_mysql(
-        BackupMySQLParams(
-            source=corpus_db,
-            database=corpus_db,
-            engine=engine,  # type: ignore[arg-type]
-            connection_block=save_block(mysql_root),
-            store_block=save_block(local_store(tmp_path)),
-        ),
-        return_state=True,
-    )
+    state = flow_backup(engine, corpus_db, mysql_root, tmp_path, return_state=True)
     assert state.is_failed()
     with pytest.raises(ConfigurationError) as refused:
         state.result()

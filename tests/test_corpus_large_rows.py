@@ -17,15 +17,14 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import MySQLConnection
-from flows.backup import BackupMySQLParams, backup_mysql
 from tasks.drill import DrillMarker
 from tasks.errors import RestoreLoadError
 from tasks.manifest import BackupManifest
 from tasks.mysql import table_checksums
 from tasks.restore import create_scratch_database, drop_scratch_database, restorer_for
 from tasks.storage import LocalFolderStore
+from tests.corpus.backup import flow_backup
 from tests.fixtures.mysql import run_sql
-from tests.helpers import local_store, save_block
 
 pytestmark = pytest.mark.mysql
 
@@ -62,15 +61,7 @@ def backups(
     made = {}
     for engine in LOGICAL:
         root = tmp_path_factory.mktemp(f"big-{engine}")
-        manifest = backup_mysql(
-            BackupMySQLParams(
-                source=big_db,
-                database=big_db,
-                engine=engine,  # type: ignore[arg-type]
-                connection_block=save_block(mysql_root),
-                store_block=save_block(local_store(root)),
-            )
-        )
+        manifest = flow_backup(engine, big_db, mysql_root, root)
         made[engine] = (root, manifest)
     return made
 
