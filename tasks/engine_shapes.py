@@ -9,6 +9,8 @@ the table and the engines that can (docs/fidelity.md, "What each engine preserve
   `--dump-history` handles timestamp-based versioning only).
 - sequences: mysqldump (`CREATE SEQUENCE` + `SETVAL`) and physical; mydumper 0.10 restores
   a sequence as a plain table.
+- a backtick in a table or column name: mydumper 0.10 does not escape it (its dump fails,
+  or the tool crashes); mysqldump and physical handle it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ SHAPES: dict[str, tuple[str, tuple[Engine, ...]]] = {
     ),
     "sequence": (
         "a sequence (it would come back as a plain table)",
+        ("mysqldump", "physical"),
+    ),
+    "backtick-name": (
+        "named with a backtick in the table or a column name (mydumper 0.10 does not "
+        "escape it and fails or crashes)",
         ("mysqldump", "physical"),
     ),
 }
@@ -84,6 +91,12 @@ def read_table_shapes(conn: MySQLConnection, database: str) -> list[TableShape]:
             (database,),
         )
         rows = cur.fetchall()
+        cur.execute(
+            "SELECT DISTINCT table_name FROM information_schema.columns WHERE table_schema = %s"
+            " AND (table_name LIKE '%%`%%' OR column_name LIKE '%%`%%') ORDER BY table_name",
+            (database,),
+        )
+        backticks = [TableShape(str(r[0]), "backtick-name") for r in cur.fetchall()]
     shapes = []
     for name, kind, row_start_type in rows:
         if kind == "SEQUENCE":
@@ -92,7 +105,7 @@ def read_table_shapes(conn: MySQLConnection, database: str) -> list[TableShape]:
             shapes.append(TableShape(str(name), "system-versioned-trx-id"))
         else:
             shapes.append(TableShape(str(name), "system-versioned"))
-    return shapes
+    return shapes + backticks
 
 
 def check_engine_shapes(conn: MySQLConnection, database: str, engine: Engine) -> None:
