@@ -21,6 +21,7 @@ from blocks.mysql import MySQLConnection
 from tasks.backup_stream import RegionCheck, StreamResult, stream_to_stores, verify_copies
 from tasks.compression import EXTENSIONS
 from tasks.engine_io import stream_engine_backup, tool_error
+from tasks.engine_shapes import check_engine_shapes
 from tasks.engines import check_engine_tools
 from tasks.errors import (
     DatabaseUnreachable,
@@ -87,10 +88,14 @@ def preflight(
     stores: list[ObjectStore],
     engine: Engine = "mysqldump",
 ) -> SourceFacts:
-    """Check the source, the engine's tools and every destination before anything is written."""
+    """Check the source, the engine's tools and every destination before anything is written.
+
+    Refuses (ConfigurationError) a table shape the engine cannot round-trip (tasks.engine_shapes).
+    """
     facts = read_source_facts(conn, database)
     facts.catalog = read_object_catalog(conn, database)
     check_engine_tools(engine, facts.server_version)
+    check_engine_shapes(conn, database, engine)
     if engine == "physical":
         source_datadir(conn, database)
     for store in stores:
@@ -376,7 +381,11 @@ def build_manifest(
             )
         ],
         tables={
-            table: TableFacts(rows=rows, checksum=snapshot.checksums.get(table))
+            table: TableFacts(
+                rows=rows,
+                checksum=snapshot.checksums.get(table),
+                longest_row_bytes=snapshot.longest_rows.get(table),
+            )
             for table, rows in snapshot.rows.items()
         },
         views=source_facts.views,

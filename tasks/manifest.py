@@ -40,6 +40,12 @@ class TableFacts(BaseModel):
     rows: int = Field(ge=0)
     checksum: int | None = Field(default=None, description="CHECKSUM TABLE value, if taken.")
     engine: str | None = None
+    longest_row_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most bytes of BLOB/TEXT/JSON/spatial data in one row (tables with such "
+        "columns): a restore checks the server's max_allowed_packet against it before loading.",
+    )
     sha256: str | None = Field(
         default=None,
         description="MongoDB: sha256 over the raw BSON of the collection's documents in _id order.",

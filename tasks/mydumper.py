@@ -41,7 +41,9 @@ from tasks.errors import (
 )
 from tasks.manifest import BackupManifest, DumpFile, MydumperDetails
 from tasks.mysql import ConsistentDump, SnapshotFacts, defaults_file, quote_identifier
+from tasks.packet_limit import fit_packet_limit
 from tasks.storage import ObjectStore
+from tasks.stored_programs import PROGRAMS_FILE, dump_stored_programs, load_stored_programs
 
 if TYPE_CHECKING:
     from tasks.restore import RestoreStats
@@ -57,7 +59,11 @@ STDERR_TAIL = 16384
 def mydumper_command(
     binary: str, defaults: Path, database: str, outdir: Path, threads: int, rows: int
 ) -> list[str]:
-    """argv of one mydumper run (no secrets: they are in the defaults file)."""
+    """argv of one mydumper run (no secrets: they are in the defaults file).
+
+    Tables and views only: stored programs go through tasks.stored_programs (mydumper
+    0.10 drops their sql_mode).
+    """
     return [
         binary,
         f"--defaults-file={defaults}",
@@ -65,9 +71,7 @@ def mydumper_command(
         f"--outputdir={outdir}",
         f"--threads={threads}",
         f"--rows={rows}",
-        "--triggers",
-        "--events",
-        "--routines",
+        "--complete-insert",  # column lists: generated/invisible columns load correctly
         "--trx-consistency-only",
         "--verbose=3",
     ]
@@ -252,6 +256,7 @@ class MydumperBackup:
                 self.on_progress(_folder_size(self.outdir) // 2)
 
         dump.wait(self.timeout_s, tick)
+        dump_stored_programs(self.conn, self.database, self.outdir / PROGRAMS_FILE)
         names = sorted(entry.name for entry in os.scandir(self.outdir))
         self.files = [DumpFile(name=n, size=(self.outdir / n).stat().st_size) for n in names]
         read_fd, write_fd = os.pipe()
@@ -344,7 +349,7 @@ def restore_mydumper(
         StorageError: the region could not be read.
         RestoreLoadError: the archive or myloader failed, although the copy matches.
     """
-    from tasks.restore import RestoreStats
+    from tasks.restore import RestoreStats, can_skip_binlog
 
     quote_identifier(database)
     details = manifest.mydumper
@@ -375,7 +380,7 @@ def restore_mydumper(
         )
         stats.statements = len(details.files)
         started = time.perf_counter()
-        with defaults_file(server) as cnf:
+        with fit_packet_limit(server, manifest, stats.notes), defaults_file(server) as cnf:
             command = myloader_command(
                 binary, cnf, dump, details.source_database, database, connections
             )
@@ -385,12 +390,16 @@ def restore_mydumper(
                 raise RestoreLoadError(
                     f"myloader did not finish within {load_timeout_s:.0f}s"
                 ) from None
-        stats.load_s = time.perf_counter() - started
         output = (done.stderr + done.stdout).decode(errors="replace")
         if done.returncode != 0 or "CRITICAL" in output:
             raise RestoreLoadError(
                 f"myloader failed (exit {done.returncode}): {output.strip()[-800:]}"
             )
+        if any(f.name == PROGRAMS_FILE for f in details.files):
+            load_stored_programs(
+                server, database, dump / PROGRAMS_FILE, can_skip_binlog(server), load_timeout_s
+            )
+        stats.load_s = time.perf_counter() - started
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return stats

@@ -222,6 +222,18 @@ class SnapshotFacts:
     exact: bool = True
     rows: dict[str, int] = field(default_factory=dict)
     checksums: dict[str, int | None] = field(default_factory=dict)
+    longest_rows: dict[str, int] = field(default_factory=dict)
+
+
+_DUMP_OPTIONS: dict[str, str] = {}
+
+
+def dump_history_option(binary: str) -> list[str]:
+    """`--dump-history` (history of system-versioned tables) when this mariadb-dump has it."""
+    if binary not in _DUMP_OPTIONS:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+        _DUMP_OPTIONS[binary] = out.stdout
+    return ["--dump-history"] if "--dump-history" in _DUMP_OPTIONS[binary] else []
 
 
 def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
@@ -238,6 +250,7 @@ def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
         "--default-character-set=utf8mb4",
         "--skip-dump-date",
         "--max-allowed-packet=256M",
+        *dump_history_option(binary),
         database,
     ]
 
@@ -383,6 +396,7 @@ class ConsistentDump:
                     cur.execute(f"CHECKSUM TABLE {quoted}")
                     value = one_row(cur)[1]
                     self.facts.checksums[table] = int(value) if value is not None else None
+            self.facts.longest_rows = longest_lob_rows(cur, self.database, tables)
             cur.execute("COMMIT")
         return self.facts
 
@@ -392,6 +406,54 @@ class ConsistentDump:
             self.process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=10)
+
+
+LOB_TYPES = (
+    "tinyblob",
+    "blob",
+    "mediumblob",
+    "longblob",
+    "tinytext",
+    "text",
+    "mediumtext",
+    "longtext",
+    "json",
+    "geometry",
+    "point",
+    "linestring",
+    "polygon",
+    "multipoint",
+    "multilinestring",
+    "multipolygon",
+    "geometrycollection",
+)
+
+
+def longest_lob_rows(
+    cur: pymysql.cursors.Cursor, database: str, tables: list[str]
+) -> dict[str, int]:
+    """Per table with BLOB/TEXT/JSON/spatial columns: the most bytes those hold in one row.
+
+    The other columns add at most 64 KiB to a row, so this is what decides whether a row's
+    INSERT fits the restore server's max_allowed_packet. One scan of each such table.
+    """
+    cur.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = %s AND data_type IN %s ORDER BY table_name, ordinal_position",
+        (database, LOB_TYPES),
+    )
+    columns: dict[str, list[str]] = {}
+    for table, column in cur.fetchall():
+        columns.setdefault(str(table), []).append(str(column))
+    result: dict[str, int] = {}
+    for table in tables:
+        if table in columns:
+            total = " + ".join(
+                f"COALESCE(LENGTH({quote_identifier(c)}), 0)" for c in columns[table]
+            )
+            cur.execute(f"SELECT COALESCE(MAX({total}), 0) FROM {quote_identifier(table)}")
+            result[table] = int(one_row(cur)[0])
+    return result
 
 
 def table_checksums(

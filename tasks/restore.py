@@ -69,6 +69,7 @@ from tasks.mysql import (
     quote_composed_name,
     quote_identifier,
 )
+from tasks.packet_limit import fit_packet_limit
 from tasks.physical import (
     ScratchServer,
     check_scratch_server,
@@ -113,6 +114,7 @@ class RestoreStats:
     load_s: float = 0.0
     ignored_statements: list[str] = field(default_factory=list)
     binlog_skipped: bool = False
+    notes: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -389,6 +391,14 @@ class _Client:
         return self.broken.is_set() or self.process.poll() not in (None, 0)
 
     def error(self) -> RestoreLoadError:
+        """The client's failure with the server's full message.
+
+        A broken pipe is noticed before the client has printed its error and exited: wait
+        for the exit and for the stderr reader to drain, so the cause (e.g. error 2006) is kept.
+        """
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self._threads[2].join(timeout=10)
         code = self.process.poll()
         text = self.stderr.decode(errors="replace").strip()
         return RestoreLoadError(
@@ -455,8 +465,8 @@ class _Client:
 
 
 _INSERT = re.compile(rb"^(?:INSERT(?:\s+IGNORE)?|REPLACE)\s+INTO\s+`((?:[^`]|``)+)`", re.I)
-_BROADCAST = re.compile(
-    rb"^(?:/\*!\d+\s+SET\s|SET\s|COMMIT\s*;|BEGIN\s*;|START\s+TRANSACTION)", re.I
+_BROADCAST = re.compile(  # /*M!101100 SET ...system_versioning_insert_history... too
+    rb"^(?:/\*M?!\d+\s+SET\s|SET\s|COMMIT\s*;|BEGIN\s*;|START\s+TRANSACTION)", re.I
 )
 _CLIENT_COMMAND = re.compile(rb"^/\*M!\d+\\")  # MariaDB's `/*M!999999\- enable the sandbox mode */`
 _LOCKS = re.compile(rb"^(?:LOCK\s+TABLES\s|UNLOCK\s+TABLES\s*;)", re.I)
@@ -679,7 +689,7 @@ def restore_logical_dump(
         connections=connections,
         binlog_skipped=skip_binlog,
     )
-    with defaults_file(server) as cnf:
+    with fit_packet_limit(server, manifest, stats.notes), defaults_file(server) as cnf:
         argv = client_command(binary, cnf, database, skip_binlog, client_supports_sandbox(binary))
         clients = [_Client(argv, i) for i in range(connections)]
         try:
@@ -876,6 +886,8 @@ def restore_copy(
         stats.load_s,
         "; ignored " + "; ".join(stats.ignored_statements) if stats.ignored_statements else "",
     )
+    for note in stats.notes:
+        logger.info("%s", note)
     return stats
 
 
