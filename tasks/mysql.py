@@ -7,8 +7,11 @@ block; command-line tools get them through a 0600 `--defaults-extra-file`, never
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
@@ -17,12 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pymysql
 import pymysql.cursors
 
 from blocks.mysql import MySQLConnection
+from tasks.child_process import StderrTail, spawn, stop
+from tasks.child_process import run as run_tool
 from tasks.errors import (
     ConfigurationError,
     DatabaseAuthError,
@@ -31,7 +36,6 @@ from tasks.errors import (
     VibeOpsError,
 )
 
-_PRE_SNAPSHOT = re.compile(r"^\s*(/\*[!M]?\d+\s+)?(SET|START TRANSACTION)\b", re.IGNORECASE)
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_$-]{1,64}$")
 # MySQL client error codes mapped to what an operator must do about them.
 _UNREACHABLE_CODES = {2002, 2003, 2005, 2006, 2013, 1040, 1205}
@@ -124,7 +128,7 @@ def find_tool(*names: str, package: str) -> str:
 
 def tool_version(binary: str) -> str:
     """First line of `<tool> --version`."""
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    out = run_tool([binary, "--version"], capture_output=True, text=True, timeout=30)
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
 
 
@@ -137,6 +141,7 @@ class SourceFacts:
     views: list[str]
     routines: list[str]
     data_bytes: int
+    binlog_warning: str | None = None
 
 
 def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:
@@ -157,6 +162,9 @@ def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:
             (database,),
         )
         routines = [str(r[0]) for r in cur.fetchall()]
+        cur.execute("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+        log_bin, binlog_format = one_row(cur)
+    binlog = BinlogState(bool(int(log_bin or 0)), str(binlog_format or ""))
     tables = [str(r[0]) for r in rows if r[1] == "BASE TABLE"]
     views = [str(r[0]) for r in rows if r[1] == "VIEW"]
     return SourceFacts(
@@ -165,12 +173,31 @@ def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:
         views=views,
         routines=routines,
         data_bytes=sum(int(r[2]) for r in rows),
+        binlog_warning=binlog.warning(f"{conn.host}:{conn.port}"),
     )
+
+
+@dataclass(frozen=True)
+class BinlogCoordinates:
+    """A point in the server's binary log: file, position and the GTID state there."""
+
+    file: str
+    position: int
+    gtid: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.position}" + (f" (GTID {self.gtid})" if self.gtid else "")
 
 
 @dataclass
 class SnapshotFacts:
-    """Row counts, checksums and binlog position at the dump's consistent point."""
+    """Row counts, checksums and binlog coordinates at the dump's consistent point.
+
+    `exact_by` says what proves that the facts describe exactly the dumped data:
+    `binlog-coordinates` (the dump tool recorded the same coordinates as the facts'
+    snapshot), `global-lock` (log_bin off: the tool opened its snapshot while our lock held
+    every commit back) or `none` (then `inexact_reason` says why).
+    """
 
     consistent_at: datetime
     binlog_file: str | None = None
@@ -179,11 +206,106 @@ class SnapshotFacts:
     exact: bool = True
     rows: dict[str, int] = field(default_factory=dict)
     checksums: dict[str, int | None] = field(default_factory=dict)
+    exact_by: str = "none"
+    inexact_reason: str | None = None
+    global_lock_ms: int = 0
+    attempts: int = 1
+
+    @property
+    def coordinates(self) -> BinlogCoordinates | None:
+        if self.binlog_file is None or self.binlog_position is None:
+            return None
+        return BinlogCoordinates(self.binlog_file, self.binlog_position, self.gtid)
+
+    def prove(self, ours: BinlogCoordinates | None, theirs: BinlogCoordinates) -> None:
+        """Exact when the tool's snapshot (`theirs`) is at our snapshot's file/position.
+
+        The tool's coordinates become the record (the base for point-in-time recovery).
+        """
+        if ours is not None and (ours.file, ours.position) == (theirs.file, theirs.position):
+            self.exact, self.exact_by, self.inexact_reason = True, "binlog-coordinates", None
+        else:
+            self.mark_inexact(
+                f"the dump's snapshot is at {theirs}, the facts' at {ours}: transactions "
+                "committed between the two snapshots"
+            )
+        self.binlog_file, self.binlog_position = theirs.file, theirs.position
+        self.gtid = theirs.gtid or (ours.gtid if ours is not None else None)
+
+    def mark_inexact(self, reason: str) -> None:
+        self.exact, self.exact_by, self.inexact_reason = False, "none", reason
+
+    def proof_hints(self) -> dict[str, str | int]:
+        """What the manifest's restore_hints record about this proof."""
+        hints: dict[str, str | int] = {
+            "exact_snapshot": int(self.exact),
+            "exact_by": self.exact_by,
+            "global_lock_ms": self.global_lock_ms,
+            "snapshot_attempts": self.attempts,
+        }
+        if self.inexact_reason:
+            hints["inexact_reason"] = self.inexact_reason[:500]
+        return hints
 
 
-def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
-    """argv for a consistent, binary-safe logical dump of one database (no secrets)."""
-    return [
+@dataclass(frozen=True)
+class BinlogState:
+    """Whether the server writes a binary log, and in which format."""
+
+    log_bin: bool
+    binlog_format: str
+
+    def warning(self, where: str) -> str | None:
+        """What an operator must know when the binlog is off or not in ROW format."""
+        if not self.log_bin:
+            return (
+                f"log_bin is OFF on {where}: there are no binlog coordinates, so the exactness "
+                "of a backup's row counts/checksums rests on a global lock of at most 1 s (and "
+                "is marked inexact with the reason when that lock cannot be taken or held), and "
+                "point-in-time recovery is impossible (restores go back to the last backup "
+                "only). Turn it on in the server's config: log_bin=<basename>, "
+                "binlog_format=ROW, server_id=<unique number>, then restart the server"
+            )
+        if self.binlog_format.upper() != "ROW":
+            return (
+                f"binlog_format is {self.binlog_format} on {where}: point-in-time recovery needs "
+                "binlog_format=ROW (set it in the server's config and restart)"
+            )
+        return None
+
+
+def snapshot_coordinates(cur: pymysql.cursors.Cursor) -> BinlogCoordinates | None:
+    """The binlog coordinates of the consistent snapshot open on `cur` (MariaDB), or None.
+
+    MariaDB clones the binlog position into `START TRANSACTION WITH CONSISTENT SNAPSHOT`
+    without any lock; with log_bin off (or on MySQL) there is none.
+    """
+    try:
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        status = {str(k): str(v) for k, v in cur.fetchall()}
+    except pymysql.err.MySQLError:
+        return None
+    file = status.get("Binlog_snapshot_file")
+    if not file:
+        return None
+    position = int(status.get("Binlog_snapshot_position", 0))
+    gtid = None
+    with contextlib.suppress(pymysql.err.MySQLError):
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, position))
+        gtid = str(one_row(cur)[0] or "") or None
+    return BinlogCoordinates(file, position, gtid)
+
+
+def dump_command(
+    binary: str, defaults_path: Path, database: str, coordinates: bool = False
+) -> list[str]:
+    """argv for a consistent, binary-safe logical dump of one database (no secrets).
+
+    `-v` logs `-- Setting savepoint...` on stderr right after the dump's snapshot opened;
+    with `coordinates`, the dump records its snapshot's binlog file/position near its start
+    and the GTID state near its end (as comments).
+    """
+    command = [
         binary,
         f"--defaults-extra-file={defaults_path}",
         "--single-transaction",
@@ -195,138 +317,297 @@ def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
         "--default-character-set=utf8mb4",
         "--skip-dump-date",
         "--max-allowed-packet=256M",
-        database,
+        "--verbose",
     ]
+    if coordinates:
+        command += ["--master-data=2", "--gtid"]
+    return [*command, database]
+
+
+DUMP_SNAPSHOT_OPEN = "-- Setting savepoint"
+_CHANGE_MASTER = re.compile(
+    rb"-- CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+);"
+)
+_GTID_MARK = b"\n-- SET GLOBAL gtid_slave_pos='"
+HEADER_LIMIT = 1 << 20
+
+
+class DumpStream(io.RawIOBase):
+    """The dump's stdout: the header already read, then the pipe; spots the GTID comment.
+
+    The deferred `-- SET GLOBAL gtid_slave_pos='...'` comment comes after the last row; a
+    dump escapes newlines inside data, so the marker cannot occur inside a value.
+    """
+
+    def __init__(self, header: bytes, pipe: IO[bytes], scan_gtid: bool) -> None:
+        super().__init__()
+        self._header = header
+        self._pipe = pipe
+        self._scan = scan_gtid
+        self._carry = b""
+        self.gtid: str | None = None
+        if scan_gtid:
+            self._look(header)
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._pipe.fileno()
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        if self._header:
+            data, self._header = self._header, b""
+            return data
+        data = self._pipe.read(size)
+        if data and self._scan:
+            self._look(data)
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _look(self, data: bytes) -> None:
+        window = self._carry + data
+        start = window.rfind(_GTID_MARK)
+        if start >= 0:
+            end = window.find(b"'", start + len(_GTID_MARK))
+            if end < 0:  # the value continues in the next read
+                self._carry = window[start:]
+                return
+            self.gtid = window[start + len(_GTID_MARK) : end].decode() or None
+        self._carry = window[-(len(_GTID_MARK) + 4096) :]
 
 
 class ConsistentDump:
-    """A mysqldump process plus our own snapshot at the same consistent point.
+    """A mariadb-dump process plus our own snapshot at the same consistent point.
 
-    With RELOAD privilege, writes are held by FLUSH TABLES WITH READ LOCK for the instant
-    it takes both our snapshot and mysqldump's to open, so the row counts and checksums
-    recorded in the manifest describe exactly the data in the dump. Without it (managed
-    servers), the facts are taken right before the dump and marked `exact=False`.
+    The facts (row counts, checksums) are read in our `START TRANSACTION WITH CONSISTENT
+    SNAPSHOT`. They are exact when that snapshot and the tool's hold the same data, proven
+    without timed guesses:
+
+    - log_bin on (MariaDB): the dump records its snapshot's binlog file/position; exact when
+      they equal ours (`exact_by="binlog-coordinates"`).
+    - log_bin off: exact when the tool reported its snapshot open (its own output, not the
+      processlist) while our FLUSH TABLES WITH READ LOCK held every commit back
+      (`exact_by="global-lock"`).
+
+    To make equal coordinates likely on a busy server, commits are held back by a global
+    read lock from just before our snapshot until the tool reports its snapshot, for at most
+    `lock_limit_seconds` (1 s) from the moment the lock is requested. An attempt that does
+    not prove exactness is discarded (tool killed before anything is stored) and retried;
+    after `attempts` the backup goes on, marked inexact with the reason.
     """
+
+    coordinates_in_header = True  # the tool prints its coordinates before any data
+    snapshot_marker = DUMP_SNAPSHOT_OPEN
 
     def __init__(
         self,
         conn: MySQLConnection,
         database: str,
         record_checksums: bool = True,
-        lock_timeout_seconds: int = 30,
         binary: str | None = None,
-        snapshot_wait_seconds: float = 10,
+        lock_limit_seconds: float = 1.0,
+        attempts: int = 3,
+        header_timeout_seconds: float = 300,
     ) -> None:
         self.conn = conn
         self.database = database
         self.record_checksums = record_checksums
-        self.lock_timeout_seconds = lock_timeout_seconds
-        self.snapshot_wait_seconds = snapshot_wait_seconds
-        self.snapshot_note: str | None = None
+        self.lock_limit_seconds = lock_limit_seconds
+        self.attempts = attempts
+        self.header_timeout_seconds = header_timeout_seconds
         self.binary = binary or find_tool("mariadb-dump", "mysqldump", package="mariadb-client")
         self.process: subprocess.Popen[bytes] | None = None
+        self.stderr: StderrTail | None = None
+        self.stream: DumpStream | None = None
         self._stack = contextlib.ExitStack()
+        self._attempt_stack = contextlib.ExitStack()
         self._snapshot: pymysql.connections.Connection | None = None
+        self._ours: BinlogCoordinates | None = None
+        self._header_coordinates: BinlogCoordinates | None = None
         self.facts: SnapshotFacts | None = None
+
+    @property
+    def snapshot_note(self) -> str | None:
+        """Why the facts are not exact (None when they are)."""
+        return self.facts.inexact_reason if self.facts is not None else None
 
     def __enter__(self) -> ConsistentDump:
         try:
             self._start()
         except BaseException:
             self.kill()
+            self._attempt_stack.close()
             self._stack.close()
             raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.kill()
+        self._attempt_stack.close()
         self._stack.close()
 
     def _start(self) -> None:
         quote_identifier(self.database)
         lock = self._stack.enter_context(connect(self.conn))
-        snapshot = self._stack.enter_context(connect(self.conn, self.database))
+        defaults = self._stack.enter_context(defaults_file(self.conn))
+        lock_ms = 0
+        for attempt in range(1, self.attempts + 1):
+            facts = self._attempt(lock, defaults)
+            lock_ms = max(lock_ms, facts.global_lock_ms)
+            facts.global_lock_ms, facts.attempts = lock_ms, attempt
+            self.facts = facts
+            if facts.exact or attempt == self.attempts or self._exited_early():
+                return
+            self.kill()
+            self._attempt_stack.close()
+
+    def _exited_early(self) -> bool:
+        return self.process is not None and self.process.poll() not in (None, 0)
+
+    def _attempt(self, lock: pymysql.connections.Connection, defaults: Path) -> SnapshotFacts:
+        """One try: lock (<= 1 s), our snapshot, the tool's snapshot, unlock, judge."""
+        self._attempt_stack = contextlib.ExitStack()
+        snapshot = self._attempt_stack.enter_context(connect(self.conn, self.database))
         self._snapshot = snapshot
-        exact = True
-        with lock.cursor() as cur:
-            cur.execute(f"SET SESSION lock_wait_timeout = {int(self.lock_timeout_seconds)}")
-            try:
-                cur.execute("FLUSH TABLES WITH READ LOCK")
-            except pymysql.err.MySQLError:
-                exact = False
+        with snapshot.cursor() as cur:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        requested = time.monotonic()
+        lock_error = self._lock(lock)
+        locked = lock_error is None
+        opened_under_lock = False
         try:
             with snapshot.cursor() as cur:
-                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                consistent_at = datetime.now(UTC)
-                facts = SnapshotFacts(consistent_at=consistent_at, exact=exact)
-                self._read_binlog_position(cur, facts)
-                # Thread ids are reused, so remember who was there rather than the max id.
-                cur.execute("SELECT ID FROM information_schema.processlist")
-                existing = {int(row[0]) for row in cur.fetchall()}
-            defaults = self._stack.enter_context(defaults_file(self.conn))
+                facts = SnapshotFacts(consistent_at=datetime.now(UTC))
+                self._ours = snapshot_coordinates(cur)
+            if self._ours is not None:
+                facts.binlog_file, facts.binlog_position = self._ours.file, self._ours.position
+                facts.gtid = self._ours.gtid
             self.process = self._launch(defaults)
-            if exact and not self._wait_for_dump_snapshot(lock, existing):
-                facts.exact = False
+            if locked:
+                opened_under_lock = self._wait_snapshot_opened(requested + self.lock_limit_seconds)
         finally:
-            if exact:
+            if locked:
                 with lock.cursor() as cur:
                     cur.execute("UNLOCK TABLES")
-        self.facts = facts
+        facts.global_lock_ms = round(1000 * (time.monotonic() - requested)) if locked else 0
+        self._judge(facts, locked, lock_error, opened_under_lock)
+        return facts
+
+    def _lock(self, lock: pymysql.connections.Connection) -> str | None:
+        """FLUSH TABLES WITH READ LOCK, waiting at most 1 s; the error text when refused."""
+        with lock.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 1")
+            try:
+                cur.execute("FLUSH TABLES WITH READ LOCK")
+            except pymysql.err.MySQLError as exc:
+                return f"FLUSH TABLES WITH READ LOCK failed: {exc.args[-1]}"
+        return None
+
+    def _wait_snapshot_opened(self, deadline: float) -> bool:
+        """True when the tool reported its snapshot open before `deadline`."""
+        assert self.process is not None and self.stderr is not None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.stderr.seen.wait(timeout=min(remaining, 0.005)):
+                return True
+            if self.process.poll() is not None:
+                return self.stderr.seen.is_set()
+
+    def _judge(
+        self, facts: SnapshotFacts, locked: bool, lock_error: str | None, opened: bool
+    ) -> None:
+        """Decide whether this attempt's facts are exact (see the class docstring)."""
+        if self._ours is not None and self.coordinates_in_header:
+            theirs = self._read_header()
+            if theirs is None:
+                facts.mark_inexact("the dump recorded no binlog coordinates")
+            else:
+                facts.prove(self._ours, theirs)
+            return
+        if opened:
+            facts.exact, facts.exact_by = True, "global-lock"
+            return
+        if self._ours is None:
+            cause = (
+                lock_error
+                if lock_error
+                else f"the dump did not open its snapshot within the {self.lock_limit_seconds:g} "
+                "s lock window"
+            )
+            facts.mark_inexact(
+                f"log_bin is OFF, so only a global lock can prove the snapshot, and {cause}"
+            )
+        else:
+            facts.mark_inexact(
+                f"{lock_error or 'the tool did not open its snapshot within the lock window'};"
+                " the tool's coordinates are compared when it finishes"
+            )
 
     def _launch(self, defaults: Path) -> subprocess.Popen[bytes]:
         """Start the dump tool (tasks.mydumper runs another tool through this hook)."""
-        return subprocess.Popen(
-            dump_command(self.binary, defaults, self.database),
+        process = spawn(
+            dump_command(self.binary, defaults, self.database, self._ours is not None),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=1 << 20,  # full 1 MiB reads: raw pipe reads return 64 KiB at most
         )
+        self._attempt_stack.callback(stop, process)
+        assert process.stderr is not None
+        self.stderr = StderrTail(process.stderr, self.snapshot_marker)
+        self.stderr.start()
+        return process
 
-    @staticmethod
-    def _read_binlog_position(cur: pymysql.cursors.Cursor, facts: SnapshotFacts) -> None:
-        with contextlib.suppress(pymysql.err.MySQLError):
-            cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            status = {str(k): str(v) for k, v in cur.fetchall()}
-            if status.get("Binlog_snapshot_file"):
-                facts.binlog_file = status["Binlog_snapshot_file"]
-                facts.binlog_position = int(status.get("Binlog_snapshot_position", 0))
-        with contextlib.suppress(pymysql.err.MySQLError):
-            cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-            facts.gtid = str(one_row(cur)[0] or "") or None
+    def _read_header(self) -> BinlogCoordinates | None:
+        """Read the dump's first bytes up to its `CHANGE MASTER` comment (kept for the stream)."""
+        assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        header = bytearray()
+        deadline = time.monotonic() + self.header_timeout_seconds
+        found = None
+        while len(header) < HEADER_LIMIT and time.monotonic() < deadline:
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            header += data
+            if match := _CHANGE_MASTER.search(header):
+                found = BinlogCoordinates(match.group(1).decode(), int(match.group(2)))
+                break
+        self.stream = DumpStream(bytes(header), self.process.stdout, scan_gtid=True)
+        self._header_coordinates = found
+        return found
 
-    def _wait_for_dump_snapshot(
-        self, lock: pymysql.connections.Connection, existing: set[int]
-    ) -> bool:
-        """Hold the lock until mysqldump's own transaction (a newer thread) has its snapshot.
+    def output(self) -> IO[bytes]:
+        """The dump's stdout (with the header this object already read)."""
+        if self.stream is None:
+            assert self.process is not None and self.process.stdout is not None
+            self.stream = DumpStream(b"", self.process.stdout, scan_gtid=False)
+        return cast(IO[bytes], self.stream)
 
-        Returns False when it did not show up in time: the backup goes on, but its facts
-        are then marked inexact rather than holding writes any longer.
+    def confirm(self, theirs: BinlogCoordinates | None = None) -> SnapshotFacts:
+        """After the tool succeeded, prove the facts by its recorded coordinates.
+
+        `theirs` comes from the tool's metadata (mydumper); for mariadb-dump they are the
+        header's file/position and the GTID from the end of the stream.
         """
-        deadline = time.monotonic() + self.snapshot_wait_seconds
-        with lock.cursor() as cur:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    return True  # it failed early; the caller reports its stderr
-                # A new connection running anything past its SET / START TRANSACTION
-                # preamble (mysqldump's next statements read tables) has its snapshot.
-                cur.execute(
-                    "SELECT ID, INFO FROM information_schema.processlist WHERE INFO IS NOT NULL"
-                )
-                if any(
-                    int(thread) not in existing and not _PRE_SNAPSHOT.match(str(info))
-                    for thread, info in cur.fetchall()
-                ):
-                    return True
-                time.sleep(0.005)
-            cur.execute(
-                "SELECT ID, COMMAND, STATE, LEFT(INFO, 80) FROM information_schema.processlist"
-            )
-            self.snapshot_note = (
-                f"dump snapshot not seen within {self.snapshot_wait_seconds}s: {cur.fetchall()}"
-            )
-        return False
+        assert self.facts is not None
+        if self._ours is None:
+            return self.facts  # log_bin off: the lock proof (or its absence) stands
+        if theirs is None and self._header_coordinates is not None:
+            gtid = self.stream.gtid if self.stream is not None else None
+            theirs = dataclasses.replace(self._header_coordinates, gtid=gtid)
+        if theirs is not None:
+            self.facts.prove(self._ours, theirs)
+        return self.facts
 
     def record_table_facts(self, tables: list[str]) -> SnapshotFacts:
         """Row counts (and checksums) of `tables` inside our snapshot; ends the snapshot."""
@@ -344,11 +625,8 @@ class ConsistentDump:
         return self.facts
 
     def kill(self) -> None:
-        """Stop mysqldump if it still runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
+        """Stop the tool if it still runs."""
+        stop(self.process)
 
 
 def table_checksums(
