@@ -22,7 +22,7 @@ from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
 from blocks import MySQLConnection
-from flows.restore_drill import DEBRIS_ITEM, CleanupDrillsParams, cleanup_drills
+from flows.restore_drill import DEBRIS_ITEM, cleanup_drills
 from tasks.catalog import scan_backups
 from tasks.child_process import spawn
 from tasks.storage import LocalFolderStore, open_store
@@ -35,9 +35,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 FLOW_RUNNER = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-from flows.backup import BackupMySQLParams, backup_mysql
-backup_mysql(BackupMySQLParams(source=sys.argv[2], database=sys.argv[2],
-                               connection_block=sys.argv[3], store_block=sys.argv[4]))
+from flows.backup import backup_mysql
+backup_mysql(source=sys.argv[2], database=sys.argv[2], connection_block=sys.argv[3],
+             store_block=sys.argv[4])
 """
 
 
@@ -148,12 +148,10 @@ def test_killed_flow_run_leaves_no_orphan_and_its_debris_is_listed_then_cleaned(
 
     def cleanup(dry_run: bool):
         return cleanup_drills(
-            CleanupDrillsParams(
-                drill_server_block=drill_server,
-                store_block=store_name,
-                stale_after=timedelta(hours=9),
-                dry_run=dry_run,
-            )
+            drill_server_block=drill_server,
+            store_block=store_name,
+            stale_after=timedelta(hours=9),
+            dry_run=dry_run,
         )
 
     fresh = [i for i in cleanup(dry_run=False) if i.what == DEBRIS_ITEM]

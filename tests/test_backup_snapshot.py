@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from blocks import MySQLConnection
-from flows.backup import BackupMySQLParams, backup_mysql
+from flows.backup import backup_mysql
 from tasks.local_stack import PrivateMariaDB
 from tasks.mydumper import MydumperDump, parse_metadata
 from tasks.mysql import (
@@ -168,12 +168,10 @@ def test_backup_is_exact_under_a_writer_and_a_stranger_and_records_the_dumps_coo
     store = local_store(tmp_path)
     try:
         manifest = backup_mysql(
-            BackupMySQLParams(
-                source=database,
-                database=database,
-                connection_block=save_block(mysql_root),
-                store_block=save_block(store),
-            )
+            source=database,
+            database=database,
+            connection_block=save_block(mysql_root),
+            store_block=save_block(store),
         )
     finally:
         writer.finish()
