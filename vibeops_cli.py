@@ -208,6 +208,7 @@ def backups(
 ) -> None:
     """List the backups each region holds, newest first (incomplete ones marked)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from blocks.defaults import resolve_store
@@ -223,7 +224,7 @@ def backups(
             table.add_row(
                 entry.region,
                 entry.backup_id,
-                "committed" if manifest else f"[red]{incomplete_state(entry, now)}[/]",
+                "committed" if manifest else f"[red]{escape(incomplete_state(entry, now))}[/]",
                 f"{manifest.consistent_at:%Y-%m-%d %H:%M:%S}" if manifest else "-",
                 f"{manifest.total_rows:,}" if manifest else "-",
                 f"{(entry.total_size + sum(p.size for p in entry.partials)) / 1e6:.1f}",
