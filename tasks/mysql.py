@@ -333,20 +333,23 @@ HEADER_LIMIT = 1 << 20
 
 
 class DumpStream(io.RawIOBase):
-    """The dump's stdout: the header already read, then the pipe; spots the GTID comment.
+    """The dump's stdout (the header already read, then the pipe), read as it passes.
 
-    The deferred `-- SET GLOBAL gtid_slave_pos='...'` comment comes after the last row; a
-    dump escapes newlines inside data, so the marker cannot occur inside a value.
+    Spots the `-- CHANGE MASTER TO MASTER_LOG_FILE=..., MASTER_LOG_POS=...;` comment in the
+    first MiB and the deferred `-- SET GLOBAL gtid_slave_pos='...'` comment after the last
+    row; a dump escapes newlines inside values, so neither marker can occur inside data.
     """
 
-    def __init__(self, header: bytes, pipe: IO[bytes], scan_gtid: bool) -> None:
+    def __init__(self, header: bytes, pipe: IO[bytes], scan: bool) -> None:
         super().__init__()
         self._header = header
         self._pipe = pipe
-        self._scan = scan_gtid
+        self._scan = scan
         self._carry = b""
+        self._seen = 0
+        self.position: BinlogCoordinates | None = None
         self.gtid: str | None = None
-        if scan_gtid:
+        if scan:
             self._look(header)
 
     def readable(self) -> bool:
@@ -371,6 +374,10 @@ class DumpStream(io.RawIOBase):
 
     def _look(self, data: bytes) -> None:
         window = self._carry + data
+        header = self.position is None and self._seen < HEADER_LIMIT
+        if header and (match := _CHANGE_MASTER.search(window)):
+            self.position = BinlogCoordinates(match.group(1).decode(), int(match.group(2)))
+        self._seen += len(data)
         start = window.rfind(_GTID_MARK)
         if start >= 0:
             end = window.find(b"'", start + len(_GTID_MARK))
@@ -428,7 +435,7 @@ class ConsistentDump:
         self._attempt_stack = contextlib.ExitStack()
         self._snapshot: pymysql.connections.Connection | None = None
         self._ours: BinlogCoordinates | None = None
-        self._header_coordinates: BinlogCoordinates | None = None
+        self._retry = True
         self.facts: SnapshotFacts | None = None
 
     @property
@@ -461,7 +468,7 @@ class ConsistentDump:
             lock_ms = max(lock_ms, facts.global_lock_ms)
             facts.global_lock_ms, facts.attempts = lock_ms, attempt
             self.facts = facts
-            if facts.exact or attempt == self.attempts or self._exited_early():
+            if facts.exact or attempt == self.attempts or self._exited_early() or not self._retry:
                 return
             self.kill()
             self._attempt_stack.close()
@@ -525,15 +532,21 @@ class ConsistentDump:
         self, facts: SnapshotFacts, locked: bool, lock_error: str | None, opened: bool
     ) -> None:
         """Decide whether this attempt's facts are exact (see the class docstring)."""
+        if opened:  # confirm() checks the tool's coordinates too, when there are any
+            facts.exact, facts.exact_by = True, "global-lock"
+            return
         if self._ours is not None and self.coordinates_in_header:
             theirs = self._read_header()
-            if theirs is None:
-                facts.mark_inexact("the dump recorded no binlog coordinates")
-            else:
+            if theirs is not None:
                 facts.prove(self._ours, theirs)
-            return
-        if opened:
-            facts.exact, facts.exact_by = True, "global-lock"
+            elif self.process is not None and self.process.poll() is None:
+                self._retry = False  # a slow dump: its coordinates are compared at the end
+                facts.mark_inexact(
+                    f"the dump's coordinates did not arrive within {self.header_timeout_seconds:g}"
+                    " s (it is compared when the dump finishes)"
+                )
+            else:
+                facts.mark_inexact("the dump recorded no binlog coordinates")
             return
         if self._ours is None:
             cause = (
@@ -571,7 +584,6 @@ class ConsistentDump:
         fd = self.process.stdout.fileno()
         header = bytearray()
         deadline = time.monotonic() + self.header_timeout_seconds
-        found = None
         while len(header) < HEADER_LIMIT and time.monotonic() < deadline:
             if not select.select([fd], [], [], 0.5)[0]:
                 continue
@@ -579,32 +591,30 @@ class ConsistentDump:
             if not data:
                 break
             header += data
-            if match := _CHANGE_MASTER.search(header):
-                found = BinlogCoordinates(match.group(1).decode(), int(match.group(2)))
+            if _CHANGE_MASTER.search(header):
                 break
-        self.stream = DumpStream(bytes(header), self.process.stdout, scan_gtid=True)
-        self._header_coordinates = found
-        return found
+        self.stream = DumpStream(bytes(header), self.process.stdout, scan=True)
+        return self.stream.position
 
     def output(self) -> IO[bytes]:
         """The dump's stdout (with the header this object already read)."""
         if self.stream is None:
             assert self.process is not None and self.process.stdout is not None
-            self.stream = DumpStream(b"", self.process.stdout, scan_gtid=False)
+            self.stream = DumpStream(b"", self.process.stdout, scan=self._ours is not None)
         return cast(IO[bytes], self.stream)
 
     def confirm(self, theirs: BinlogCoordinates | None = None) -> SnapshotFacts:
         """After the tool succeeded, prove the facts by its recorded coordinates.
 
         `theirs` comes from the tool's metadata (mydumper); for mariadb-dump they are the
-        header's file/position and the GTID from the end of the stream.
+        header's file/position and the GTID from the end of the stream. Without any (log_bin
+        off), the lock proof (or its absence) stands.
         """
         assert self.facts is not None
         if self._ours is None:
-            return self.facts  # log_bin off: the lock proof (or its absence) stands
-        if theirs is None and self._header_coordinates is not None:
-            gtid = self.stream.gtid if self.stream is not None else None
-            theirs = dataclasses.replace(self._header_coordinates, gtid=gtid)
+            return self.facts
+        if theirs is None and self.stream is not None and self.stream.position is not None:
+            theirs = dataclasses.replace(self.stream.position, gtid=self.stream.gtid)
         if theirs is not None:
             self.facts.prove(self._ours, theirs)
         return self.facts

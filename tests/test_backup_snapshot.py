@@ -301,12 +301,14 @@ def test_dump_stream_finds_the_gtid_comment_wherever_the_chunks_split_it(cut: in
     tail = b"UNLOCK TABLES;\n\n-- SET GLOBAL gtid_slave_pos='0-1-412,1-2-7';\n-- Dump completed\n"
     body = b"INSERT INTO `t` VALUES (1,'-- SET GLOBAL gtid_slave_pos=\\'9-9-9\\'');\n" + tail
     split = body.index(b"-- SET GLOBAL gtid_slave_pos='0") + cut - 20
-    stream = DumpStream(b"-- header\n", _Pipe([body[:split], body[split:]]), scan_gtid=True)  # type: ignore[arg-type]
+    header = b"-- CHANGE MASTER TO MASTER_LOG_FILE='binlog.000042', MASTER_LOG_POS=1234;\n"
+    stream = DumpStream(header, _Pipe([body[:split], body[split:]]), scan=True)  # type: ignore[arg-type]
     data = b""
     while chunk := stream.read(1 << 20):
         data += chunk
-    assert data == b"-- header\n" + body
+    assert data == header + body
     assert stream.gtid == "0-1-412,1-2-7"
+    assert stream.position == BinlogCoordinates("binlog.000042", 1234)
 
 
 def test_mydumper_metadata_is_parsed() -> None:
