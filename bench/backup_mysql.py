@@ -93,7 +93,8 @@ class Writer(threading.Thread):
 
     def finish(self) -> float:
         self.stop.set()
-        self.join(timeout=60)
+        if self.ident is not None:  # started
+            self.join(timeout=60)
         return self.longest_ms
 
 
@@ -143,9 +144,8 @@ def run(rows: int, server: PrivateMariaDB, work: Path) -> None:
     time.sleep(5)
     writer_idle_ms = idle.finish()
     writer = Writer(conn)
-    writer.start()
     try:
-        flow = run_flow(conn, work, env)
+        flow = run_flow(conn, work, env, writer)
     finally:
         writer_stall_ms = writer.finish()
     results["flow"] = flow["seconds"]
@@ -176,14 +176,17 @@ def run(rows: int, server: PrivateMariaDB, work: Path) -> None:
     )
 
 
-def run_flow(conn: MySQLConnection, work: Path, env: dict[str, str]) -> dict:
-    """Run backup-mysql in its own process against a temporary Prefect server."""
+def run_flow(conn: MySQLConnection, work: Path, env: dict[str, str], writer: Writer) -> dict:
+    """Run backup-mysql in its own process against a temporary Prefect server.
+
+    `writer` starts once the server is up, just before the flow's process.
+    """
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     from blocks import BackupStore, LocalFolderDestination
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):
         store = BackupStore(
             destinations=[
                 LocalFolderDestination(region="bench-a", path=str(work / "regions" / "a")),
@@ -192,6 +195,7 @@ def run_flow(conn: MySQLConnection, work: Path, env: dict[str, str]) -> dict:
         )
         conn.save("bench-mysql", overwrite=True)
         store.save("bench-store", overwrite=True)
+        writer.start()
         out = subprocess.run(
             [sys.executable, "-c", FLOW_RUNNER, str(PROJECT_DIR), "bench-mysql", "bench-store"],
             env={
