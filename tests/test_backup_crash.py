@@ -27,7 +27,7 @@ from tasks.catalog import scan_backups
 from tasks.child_process import spawn
 from tasks.storage import LocalFolderStore, open_store
 from tests.fixtures.mysql import run_sql
-from tests.helpers import local_store, save_block
+from tests.helpers import fill_noise, local_store, save_block
 
 pytestmark = pytest.mark.mysql
 
@@ -73,13 +73,9 @@ def stuck_database(mysql_root: MySQLConnection):
     run_sql(mysql_root, f"CREATE DATABASE {name}")
     run_sql(mysql_root, "CREATE TABLE noise (id INT PRIMARY KEY, data LONGBLOB)", name)
     run_sql(mysql_root, "CREATE TABLE zz_blocked (id INT PRIMARY KEY)", name)
+    fill_noise(mysql_root, name, 300)
     conn = pymysql.connect(**mysql_root.pymysql_kwargs(name))
     with conn.cursor() as cur:
-        for start in range(0, 300, 50):
-            cur.executemany(
-                "INSERT INTO noise VALUES (%s, %s)",
-                [(i, os.urandom(100_000)) for i in range(start, start + 50)],
-            )
         cur.execute("LOCK TABLES zz_blocked WRITE")
     yield name
     with conn.cursor() as cur:
