@@ -112,6 +112,7 @@ class MydumperDump(ConsistentDump):
     """
 
     coordinates_in_header = False
+    gated = False  # reads its --defaults-file with GLib: a regular file, started under the lock
     snapshot_marker = SNAPSHOTS_OPEN
 
     def __init__(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import os
 import re
@@ -33,6 +34,7 @@ from tasks.errors import (
     DatabaseAuthError,
     DatabaseNotFound,
     DatabaseUnreachable,
+    ExternalCommandError,
     VibeOpsError,
 )
 
@@ -409,6 +411,7 @@ class ConsistentDump:
     """
 
     coordinates_in_header = True  # the tool prints its coordinates before any data
+    gated = True  # the tool starts before the lock and waits on a FIFO for its credentials
     snapshot_marker = DUMP_SNAPSHOT_OPEN
 
     def __init__(
@@ -436,6 +439,8 @@ class ConsistentDump:
         self._snapshot: pymysql.connections.Connection | None = None
         self._ours: BinlogCoordinates | None = None
         self._retry = True
+        self._with_coordinates = False
+        self._gate: Path | None = None
         self.facts: SnapshotFacts | None = None
 
     @property
@@ -461,6 +466,10 @@ class ConsistentDump:
     def _start(self) -> None:
         quote_identifier(self.database)
         lock = self._stack.enter_context(connect(self.conn))
+        with lock.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.log_bin, VERSION()")
+            log_bin, version = one_row(cur)
+        self._with_coordinates = bool(int(log_bin or 0)) and "mariadb" in str(version).lower()
         defaults = self._stack.enter_context(defaults_file(self.conn))
         lock_ms = 0
         for attempt in range(1, self.attempts + 1):
@@ -483,6 +492,9 @@ class ConsistentDump:
         self._snapshot = snapshot
         with snapshot.cursor() as cur:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        if self.gated:  # started, and waiting for its credentials, before the lock
+            self.process = self._launch(defaults)
+            gate = self._open_gate()
         requested = time.monotonic()
         lock_error = self._lock(lock)
         locked = lock_error is None
@@ -495,7 +507,10 @@ class ConsistentDump:
             if self._ours is not None:
                 facts.binlog_file, facts.binlog_position = self._ours.file, self._ours.position
                 facts.gtid = self._ours.gtid
-            self.process = self._launch(defaults)
+            if self.gated:
+                self._release_gate(gate)
+            else:
+                self.process = self._launch(defaults)
             if locked:
                 opened_under_lock = self._wait_snapshot_opened(requested + self.lock_limit_seconds)
         finally:
@@ -565,9 +580,17 @@ class ConsistentDump:
             )
 
     def _launch(self, defaults: Path) -> subprocess.Popen[bytes]:
-        """Start the dump tool (tasks.mydumper runs another tool through this hook)."""
+        """Start the dump tool (tasks.mydumper runs another tool through this hook).
+
+        mariadb-dump reads its credentials from a FIFO (`--defaults-extra-file`): it starts,
+        then waits there until `_release_gate`, so its start-up is not inside the lock.
+        """
+        gate = defaults.parent / f"gate-{time.monotonic_ns()}.cnf"
+        os.mkfifo(gate, 0o600)
+        self._attempt_stack.callback(gate.unlink, missing_ok=True)
+        self._gate = gate
         process = spawn(
-            dump_command(self.binary, defaults, self.database, self._ours is not None),
+            dump_command(self.binary, gate, self.database, self._with_coordinates),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=1 << 20,  # full 1 MiB reads: raw pipe reads return 64 KiB at most
@@ -577,6 +600,38 @@ class ConsistentDump:
         self.stderr = StderrTail(process.stderr, self.snapshot_marker)
         self.stderr.start()
         return process
+
+    def _open_gate(self, timeout_s: float = 120) -> int | None:
+        """The FIFO's write end, once the tool has opened it (None if the tool exited)."""
+        assert self.process is not None and self._gate is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return os.open(self._gate, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            if self.process.poll() is not None:
+                return None
+            if time.monotonic() > deadline:
+                raise ExternalCommandError(
+                    f"{Path(self.binary).name} did not start within {timeout_s:.0f} s"
+                )
+            time.sleep(0.002)
+
+    def _release_gate(self, gate: int | None) -> None:
+        """Hand the waiting tool its credentials: it connects and opens its snapshot."""
+        if gate is None:
+            return
+        data = self.conn.defaults_file_text().encode()
+        try:
+            os.set_blocking(gate, True)
+            while data:
+                data = data[os.write(gate, data) :]
+        except BrokenPipeError:
+            pass  # the tool exited; its stderr says why
+        finally:
+            os.close(gate)
 
     def _read_header(self) -> BinlogCoordinates | None:
         """Read the dump's first bytes up to its `CHANGE MASTER` comment (kept for the stream)."""
