@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 
 import typer
 
@@ -207,12 +208,15 @@ def backups(
 ) -> None:
     """List the backups each region holds, newest first (incomplete ones marked)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from blocks.defaults import resolve_store
+    from tasks.backup_debris import incomplete_state
     from tasks.catalog import scan_backups
     from tasks.storage import open_store
 
+    now = datetime.now(UTC)
     table = Table("region", "backup id", "state", "consistent at (UTC)", "rows", "size MB")
     for destination in resolve_store(store_block).destinations:
         for entry in scan_backups(open_store(destination), source):
@@ -220,10 +224,10 @@ def backups(
             table.add_row(
                 entry.region,
                 entry.backup_id,
-                "committed" if manifest else f"[red]incomplete[/] {entry.manifest_error or ''}",
+                "committed" if manifest else f"[red]{escape(incomplete_state(entry, now))}[/]",
                 f"{manifest.consistent_at:%Y-%m-%d %H:%M:%S}" if manifest else "-",
                 f"{manifest.total_rows:,}" if manifest else "-",
-                f"{entry.total_size / 1e6:.1f}",
+                f"{(entry.total_size + sum(p.size for p in entry.partials)) / 1e6:.1f}",
             )
     Console().print(table)
 

@@ -75,6 +75,15 @@ class BackupMySQLParams(BaseModel):
         return value
 
 
+def snapshot_proof_text(hints: dict[str, str | int]) -> str:
+    """How the row counts/checksums were proven to match the dump (for the summary)."""
+    if "exact_snapshot" not in hints:
+        return "-"
+    if hints["exact_snapshot"]:
+        return f"yes, by {hints.get('exact_by', '-')} (global lock {hints.get('global_lock_ms', 0)} ms)"
+    return f"no: {str(hints.get('inexact_reason', '-')).replace('|', '/')}"
+
+
 def _summary(manifest: BackupManifest, checks: list, seconds: float) -> str:
     data = manifest.objects[0]
     lines = [
@@ -85,7 +94,9 @@ def _summary(manifest: BackupManifest, checks: list, seconds: float) -> str:
         f"| source | `{manifest.source}` ({manifest.server_version}) |",
         f"| engine | {manifest.engine} ({manifest.tool_versions.get('dump', '-')}) |",
         f"| consistent at | {manifest.consistent_at:%Y-%m-%d %H:%M:%S} UTC |",
-        f"| binlog | {manifest.binlog_file or '-'}:{manifest.binlog_position or '-'} |",
+        f"| binlog | {manifest.binlog_file or '-'}:{manifest.binlog_position or '-'} "
+        f"GTID {manifest.gtid or '-'} |",
+        f"| facts exact | {snapshot_proof_text(manifest.restore_hints)} |",
         f"| tables / rows | {len(manifest.tables)} / {manifest.total_rows:,} |",
         f"| size | {data.size / 1e6:,.1f} MB {manifest.codec} "
         f"(from {(data.uncompressed_size or 0) / 1e6:,.1f} MB) |",

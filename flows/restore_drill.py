@@ -25,6 +25,7 @@ from blocks.defaults import resolve_mongo, resolve_mysql, resolve_store, vibeops
 from blocks.influx import resolve_influx
 from flows.forms import form
 from flows.run_names import run_name
+from tasks.backup_debris import find_debris, remove_debris
 from tasks.drill import (
     CleanupItem,
     CopyAttempt,
@@ -544,6 +545,7 @@ def _num(value: int | None) -> str:
 
 
 MONGO_ITEM = "mongodb database"
+DEBRIS_ITEM = "incomplete backup"
 INFLUX_ITEM = "influxdb bucket"
 
 
@@ -573,6 +575,12 @@ class CleanupDrillsParams(BaseModel):
         default_factory=list,
         description="Drill databases or buckets (with a drill marker) to drop now, even inside "
         "a keep window.",
+    )
+    store_block: str | None = Field(
+        default=None,
+        description="BackupStore block whose incomplete backups (crashed runs: unfinished "
+        "uploads, folders without a manifest) to remove once their last write is older than "
+        "stale_after; unset = skip, empty = the local default folders.",
     )
     dry_run: bool = Field(default=True, description="Only report what would be dropped.")
 
@@ -611,6 +619,17 @@ def cleanup_drills(params: CleanupDrillsParams) -> list[CleanupItem]:
         plan += plan_cleanup(
             influx_markers, now, params.stale_after, params.force_drop, what=INFLUX_ITEM
         )
+        debris_stores = (
+            {}
+            if params.store_block is None
+            else {d.region: open_store(d) for d in resolve_store(params.store_block).destinations}
+        )
+        debris = [
+            found
+            for store in debris_stores.values()
+            for found in find_debris(store, now, params.stale_after)
+        ]
+        plan += [CleanupItem(d.name, d.stale, d.reason, what=DEBRIS_ITEM) for d in debris]
         leftovers = find_leftover_servers(scratch_servers_root(), now, params.stale_after)
         plan += [
             CleanupItem(str(s.workdir), True, s.describe(), what="server folder") for s in leftovers
@@ -635,10 +654,14 @@ def cleanup_drills(params: CleanupDrillsParams) -> list[CleanupItem]:
             for leftover in leftovers:
                 remove_leftover_server(leftover)
                 dropped.append(str(leftover.workdir))
+            for stale in (d for d in debris if d.stale):
+                remove_debris(debris_stores[stale.region], stale)
+                dropped.append(stale.name)
     mode = "dry run: nothing dropped" if params.dry_run else f"dropped {len(dropped)}"
     where = [f"{server.host}:{server.port}"]
     where += [f"MongoDB {mongo.host}:{mongo.port}"] if mongo else []
     where += [f"InfluxDB {influx.url}"] if influx else []
+    where += [f"backup regions {', '.join(debris_stores)}"] if debris_stores else []
     lines = [
         f"# Drill cleanup on {', '.join(where)} ({mode})",
         "",

@@ -101,6 +101,8 @@ def preflight(
     for store in stores:
         store.check_ready()
     counts = facts.catalog.counts()
+    if facts.binlog_warning:
+        get_run_logger().warning("%s", facts.binlog_warning)
     get_run_logger().info(
         "source %s on %s:%s (%s): %s, ~%d MB; regions %s",
         database,
@@ -197,7 +199,7 @@ def stream_dump(
     key = f"{prefix}{object_name}"
     progress = _Progress(source_facts.data_bytes, database)
     with ConsistentDump(conn, database, record_checksums=record_checksums) as dump:
-        assert dump.process is not None and dump.process.stdout is not None
+        assert dump.process is not None and dump.stderr is not None
         facts_error: list[BaseException] = []
 
         def record() -> None:
@@ -208,27 +210,23 @@ def stream_dump(
 
         recorder = threading.Thread(target=record, name="table-facts", daemon=True)
         recorder.start()
-        stderr_chunks: list[bytes] = []
-        drain = threading.Thread(
-            target=lambda: stderr_chunks.append(dump.process.stderr.read()),  # type: ignore[union-attr]
-            daemon=True,
-        )
-        drain.start()
 
         def check_dump_exit() -> None:
-            returncode = dump.process.wait(timeout=600)  # type: ignore[union-attr]
-            drain.join(timeout=30)
+            assert dump.process is not None and dump.stderr is not None
+            returncode = dump.process.wait(timeout=600)
+            dump.stderr.join(timeout=30)
             if returncode != 0:
-                raise _dump_error(b"".join(stderr_chunks), returncode, database)
+                raise _dump_error(bytes(dump.stderr.text), returncode, database)
             recorder.join(timeout=3600)
             if recorder.is_alive():
                 raise ExternalCommandError("row counts/checksums did not finish within 1 h")
             if facts_error:
                 raise facts_error[0]
+            dump.confirm()
 
         try:
             result = stream_to_stores(
-                dump.process.stdout,
+                dump.output(),
                 stores,
                 key,
                 codec,
@@ -240,8 +238,7 @@ def stream_dump(
             progress.close()
         assert dump.facts is not None
         facts = dump.facts
-        if dump.snapshot_note:
-            logger.warning("row counts/checksums may differ from the dump: %s", dump.snapshot_note)
+    _log_proof(facts)
     logger.info(
         "wrote %s: %.1f MB from %.1f MB (%.1fx), sha256 %s…",
         object_name,
@@ -255,8 +252,24 @@ def stream_dump(
         facts,
         object_name,
         tool_version=tool_version(dump.binary),
-        restore_hints={"exact_snapshot": int(facts.exact)},
+        restore_hints=facts.proof_hints(),
     )
+
+
+def _log_proof(facts: SnapshotFacts) -> None:
+    logger = get_run_logger()
+    if facts.exact:
+        logger.info(
+            "row counts/checksums are exact (%s; global lock held %d ms, attempt %d)%s",
+            facts.exact_by,
+            facts.global_lock_ms,
+            facts.attempts,
+            f"; binlog {facts.binlog_file}:{facts.binlog_position} GTID {facts.gtid}"
+            if facts.binlog_file
+            else "",
+        )
+    else:
+        logger.warning("row counts/checksums may differ from the dump: %s", facts.inexact_reason)
 
 
 def _stream_engine(
@@ -297,7 +310,8 @@ def _stream_engine(
         progress.close()
     facts = producer.facts
     assert facts is not None
-    hints: dict[str, str | int] = {"exact_snapshot": int(facts.exact)}
+    _log_proof(facts)
+    hints = facts.proof_hints()
     mydumper = physical = None
     if isinstance(producer, MydumperBackup):
         mydumper = producer.details()

@@ -16,6 +16,7 @@ import pymysql
 
 from blocks.mysql import MySQLConnection
 from tasks.binlog_manifest import binlog_index
+from tasks.child_process import run as run_tool
 from tasks.errors import ConfigurationError, DatabaseAuthError, ExternalCommandError
 from tasks.mysql import connect, defaults_file, find_tool, one_row
 
@@ -133,7 +134,7 @@ def copy_binlog(
     dest_dir.mkdir(parents=True, exist_ok=True)
     with defaults_file(conn) as cnf:
         try:
-            done = subprocess.run(
+            done = run_tool(
                 copy_command(binary, cnf, dest_dir, file),
                 capture_output=True,
                 timeout=timeout_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -28,32 +29,60 @@ class BackupEntry:
     objects: list[ObjectInfo] = field(default_factory=list)
     manifest: BackupManifest | None = None
     manifest_error: str | None = None
+    partials: list[ObjectInfo] = field(default_factory=list)
 
     @property
     def committed(self) -> bool:
         return self.manifest is not None
 
     @property
+    def incomplete(self) -> bool:
+        """No manifest was ever written (a crashed or running backup), as opposed to an
+        unreadable one."""
+        return self.manifest is None and self.manifest_error is None
+
+    @property
     def total_size(self) -> int:
         return sum(obj.size for obj in self.objects)
+
+    @property
+    def last_written(self) -> datetime | None:
+        """When any of its objects (unfinished uploads included) was last written."""
+        times = [obj.updated for obj in [*self.objects, *self.partials]]
+        return max(times) if times else None
+
+    def age(self, now: datetime) -> timedelta | None:
+        """Time since the last write: a running backup keeps writing, a crashed one does not."""
+        last = self.last_written
+        return now - last if last is not None else None
 
 
 def scan_backups(store: ObjectStore, source: str, kind: str = "mysql") -> list[BackupEntry]:
     """Every backup folder of `source` in one region, newest first, manifests parsed."""
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
+    partials: dict[str, list[ObjectInfo]] = defaultdict(list)
     prefixes: dict[str, str] = {}
-    for info in store.list_objects(source_prefix(kind, source)):
-        backup_id = backup_id_from_key(info.key)
-        if backup_id is None:
-            continue
-        grouped[backup_id].append(info)
-        prefixes[backup_id] = info.key[: info.key.index(backup_id) + len(backup_id) + 1]
+    listings = (
+        (grouped, store.list_objects(source_prefix(kind, source))),
+        (partials, store.list_partials(source_prefix(kind, source))),
+    )
+    for target, infos in listings:
+        for info in infos:
+            backup_id = backup_id_from_key(info.key)
+            if backup_id is None:
+                continue
+            target[backup_id].append(info)
+            prefixes[backup_id] = info.key[: info.key.index(backup_id) + len(backup_id) + 1]
     entries = []
-    for backup_id, objects in grouped.items():
+    for backup_id in prefixes:
         entry = BackupEntry(
-            backup_id=backup_id, prefix=prefixes[backup_id], region=store.region, objects=objects
+            backup_id=backup_id,
+            prefix=prefixes[backup_id],
+            region=store.region,
+            objects=grouped.get(backup_id, []),
+            partials=partials.get(backup_id, []),
         )
-        if any(obj.key == f"{entry.prefix}{MANIFEST_NAME}" for obj in objects):
+        if any(obj.key == f"{entry.prefix}{MANIFEST_NAME}" for obj in entry.objects):
             try:
                 entry.manifest = parse_manifest(store.read_bytes(f"{entry.prefix}{MANIFEST_NAME}"))
             except (ValidationError, ValueError, StorageError) as exc:

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-import pymysql
-
 from blocks.mysql import MySQLConnection
 from tasks.backup_stream import ChunkReader
+from tasks.child_process import StderrTail, spawn, stop
+from tasks.child_process import run as run_tool
 from tasks.engine_io import restore_object_into, tool_error
 from tasks.engines import mydumper_binary, myloader_binary
 from tasks.errors import (
@@ -40,7 +40,13 @@ from tasks.errors import (
     RestoreLoadError,
 )
 from tasks.manifest import BackupManifest, DumpFile, MydumperDetails
-from tasks.mysql import ConsistentDump, SnapshotFacts, defaults_file, quote_identifier
+from tasks.mysql import (
+    BinlogCoordinates,
+    ConsistentDump,
+    SnapshotFacts,
+    defaults_file,
+    quote_identifier,
+)
 from tasks.packet_limit import fit_packet_limit
 from tasks.storage import ObjectStore
 from tasks.stored_programs import PROGRAMS_FILE, dump_stored_programs, load_stored_programs
@@ -50,6 +56,9 @@ if TYPE_CHECKING:
 
 OBJECT_NAME = "mydumper.tar"
 SNAPSHOTS_OPEN = "Transactions started"  # mydumper -v 3, once every worker has its snapshot
+_METADATA = re.compile(
+    r"SHOW MASTER STATUS:\s*\n\s*Log: (\S+)\s*\n\s*Pos: (\d+)(?:\s*\n\s*GTID:(\S*))?"
+)
 # mydumper names files after the database and table as they are (`db.t a é-schema.sql`):
 # any name but a path (no '/', NUL, '.' or '..').
 _FILE_NAME = re.compile(r"^(?!\.\.?$)[^/\x00]{1,255}$")
@@ -77,6 +86,14 @@ def mydumper_command(
     ]
 
 
+def parse_metadata(text: str) -> BinlogCoordinates | None:
+    """The `SHOW MASTER STATUS` coordinates of a mydumper `metadata` file (None if absent)."""
+    match = _METADATA.search(text)
+    if match is None:
+        return None
+    return BinlogCoordinates(match.group(1), int(match.group(2)), match.group(3) or None)
+
+
 def myloader_command(
     binary: str, defaults: Path, folder: Path, source_db: str, target_db: str, threads: int
 ) -> list[str]:
@@ -92,26 +109,17 @@ def myloader_command(
     ]
 
 
-class _StderrTail(threading.Thread):
-    """Keeps the end of a process's stderr and fires `seen` on the first `marker` line."""
-
-    def __init__(self, stream: IO[bytes], marker: str | None = None) -> None:
-        super().__init__(daemon=True, name="tool-stderr")
-        self.stream = stream
-        self.marker = marker.encode() if marker else None
-        self.seen = threading.Event()
-        self.text = bytearray()
-
-    def run(self) -> None:
-        for line in self.stream:
-            if self.marker and self.marker in line:
-                self.seen.set()
-            self.text += line
-            del self.text[:-STDERR_TAIL]
-
-
 class MydumperDump(ConsistentDump):
-    """mydumper into `outdir`, started under our lock like tasks.mysql.ConsistentDump."""
+    """mydumper into `outdir`, started under our lock like tasks.mysql.ConsistentDump.
+
+    mydumper takes its own snapshots and coordinates under its own short read lock; our
+    facts are proven by comparing those coordinates (its `metadata`) with our snapshot's
+    once it has finished.
+    """
+
+    coordinates_in_header = False
+    gated = False  # reads its --defaults-file with GLib: a regular file, started under the lock
+    snapshot_marker = SNAPSHOTS_OPEN
 
     def __init__(
         self,
@@ -126,32 +134,26 @@ class MydumperDump(ConsistentDump):
         self.outdir = outdir
         self.threads = threads
         self.rows = rows
-        self.stderr: _StderrTail | None = None
 
     def _launch(self, defaults: Path) -> subprocess.Popen[bytes]:
+        shutil.rmtree(self.outdir, ignore_errors=True)  # an earlier attempt's files
         command = mydumper_command(
             self.binary, defaults, self.database, self.outdir, self.threads, self.rows
         )
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._attempt_stack.callback(stop, process)
         assert process.stderr is not None
-        self.stderr = _StderrTail(process.stderr, SNAPSHOTS_OPEN)
+        self.stderr = StderrTail(process.stderr, SNAPSHOTS_OPEN)
         self.stderr.start()
         return process
 
-    def _wait_for_dump_snapshot(
-        self, lock: pymysql.connections.Connection, existing: set[int]
-    ) -> bool:
-        """Hold our lock until every mydumper worker has opened its transaction.
-
-        False when that was not seen in time: the facts are then marked inexact.
-        """
-        assert self.process is not None and self.stderr is not None
-        deadline = time.monotonic() + self.snapshot_wait_seconds
-        while time.monotonic() < deadline:
-            if self.stderr.seen.wait(timeout=0.01) or self.process.poll() is not None:
-                return True  # on an early exit the caller reports mydumper's stderr
-        self.snapshot_note = f"mydumper snapshots not seen within {self.snapshot_wait_seconds}s"
-        return False
+    def recorded_coordinates(self) -> BinlogCoordinates | None:
+        """The binlog coordinates mydumper recorded (under its own lock) in `metadata`."""
+        try:
+            text = (self.outdir / "metadata").read_text(errors="replace")
+        except OSError:
+            return None
+        return parse_metadata(text)
 
     def wait(self, timeout_s: float, on_tick: Callable[[], None] | None = None) -> None:
         """Wait for mydumper to exit; raise its typed error when it failed."""
@@ -169,6 +171,7 @@ class MydumperDump(ConsistentDump):
             raise tool_error(
                 "mydumper", bytes(self.stderr.text), self.process.returncode or 1, self.database
             )
+        self.confirm(self.recorded_coordinates())
 
 
 def _folder_size(folder: Path) -> int:
@@ -385,7 +388,7 @@ def restore_mydumper(
                 binary, cnf, dump, details.source_database, database, connections
             )
             try:
-                done = subprocess.run(command, capture_output=True, timeout=load_timeout_s)
+                done = run_tool(command, capture_output=True, timeout=load_timeout_s)
             except subprocess.TimeoutExpired:
                 raise RestoreLoadError(
                     f"myloader did not finish within {load_timeout_s:.0f}s"

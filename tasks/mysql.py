@@ -7,8 +7,12 @@ block; command-line tools get them through a 0600 `--defaults-extra-file`, never
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import io
 import os
 import re
+import select
 import shutil
 import subprocess
 import tempfile
@@ -17,17 +21,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import pymysql
 import pymysql.cursors
 
 from blocks.mysql import MySQLConnection
+from tasks.child_process import StderrTail, spawn, stop
+from tasks.child_process import run as run_tool
 from tasks.errors import (
     ConfigurationError,
     DatabaseAuthError,
     DatabaseNotFound,
     DatabaseUnreachable,
+    ExternalCommandError,
     VibeOpsError,
 )
 from tasks.object_diff import ObjectCatalog
@@ -166,7 +173,7 @@ def find_tool(*names: str, package: str) -> str:
 
 def tool_version(binary: str) -> str:
     """First line of `<tool> --version`."""
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    out = run_tool([binary, "--version"], capture_output=True, text=True, timeout=30)
     return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
 
 
@@ -180,6 +187,7 @@ class SourceFacts:
     routines: list[str]
     data_bytes: int
     catalog: ObjectCatalog | None = None
+    binlog_warning: str | None = None
 
 
 def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:
@@ -200,6 +208,9 @@ def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:
             (database,),
         )
         routines = [str(r[0]) for r in cur.fetchall()]
+        cur.execute("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+        log_bin, binlog_format = one_row(cur)
+    binlog = BinlogState(bool(int(log_bin or 0)), str(binlog_format or ""))
     tables = [str(r[0]) for r in rows if r[1] == "BASE TABLE"]
     views = [str(r[0]) for r in rows if r[1] == "VIEW"]
     return SourceFacts(
@@ -208,12 +219,31 @@ def read_source_facts(conn: MySQLConnection, database: str) -> SourceFacts:
         views=views,
         routines=routines,
         data_bytes=sum(int(r[2]) for r in rows),
+        binlog_warning=binlog.warning(f"{conn.host}:{conn.port}"),
     )
+
+
+@dataclass(frozen=True)
+class BinlogCoordinates:
+    """A point in the server's binary log: file, position and the GTID state there."""
+
+    file: str
+    position: int
+    gtid: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.position}" + (f" (GTID {self.gtid})" if self.gtid else "")
 
 
 @dataclass
 class SnapshotFacts:
-    """Row counts, checksums and binlog position at the dump's consistent point."""
+    """Row counts, checksums and binlog coordinates at the dump's consistent point.
+
+    `exact_by` says what proves that the facts describe exactly the dumped data:
+    `binlog-coordinates` (the dump tool recorded the same coordinates as the facts'
+    snapshot), `global-lock` (log_bin off: the tool opened its snapshot while our lock held
+    every commit back) or `none` (then `inexact_reason` says why).
+    """
 
     consistent_at: datetime
     binlog_file: str | None = None
@@ -223,6 +253,47 @@ class SnapshotFacts:
     rows: dict[str, int] = field(default_factory=dict)
     checksums: dict[str, int | None] = field(default_factory=dict)
     longest_rows: dict[str, int] = field(default_factory=dict)
+
+    exact_by: str = "none"
+    inexact_reason: str | None = None
+    global_lock_ms: int = 0
+    attempts: int = 1
+
+    @property
+    def coordinates(self) -> BinlogCoordinates | None:
+        if self.binlog_file is None or self.binlog_position is None:
+            return None
+        return BinlogCoordinates(self.binlog_file, self.binlog_position, self.gtid)
+
+    def prove(self, ours: BinlogCoordinates | None, theirs: BinlogCoordinates) -> None:
+        """Exact when the tool's snapshot (`theirs`) is at our snapshot's file/position.
+
+        The tool's coordinates become the record (the base for point-in-time recovery).
+        """
+        if ours is not None and (ours.file, ours.position) == (theirs.file, theirs.position):
+            self.exact, self.exact_by, self.inexact_reason = True, "binlog-coordinates", None
+        else:
+            self.mark_inexact(
+                f"the dump's snapshot is at {theirs}, the facts' at {ours}: transactions "
+                "committed between the two snapshots"
+            )
+        self.binlog_file, self.binlog_position = theirs.file, theirs.position
+        self.gtid = theirs.gtid or (ours.gtid if ours is not None else None)
+
+    def mark_inexact(self, reason: str) -> None:
+        self.exact, self.exact_by, self.inexact_reason = False, "none", reason
+
+    def proof_hints(self) -> dict[str, str | int]:
+        """What the manifest's restore_hints record about this proof."""
+        hints: dict[str, str | int] = {
+            "exact_snapshot": int(self.exact),
+            "exact_by": self.exact_by,
+            "global_lock_ms": self.global_lock_ms,
+            "snapshot_attempts": self.attempts,
+        }
+        if self.inexact_reason:
+            hints["inexact_reason"] = self.inexact_reason[:500]
+        return hints
 
 
 _DUMP_OPTIONS: dict[str, str] = {}
@@ -236,9 +307,64 @@ def dump_history_option(binary: str) -> list[str]:
     return ["--dump-history"] if "--dump-history" in _DUMP_OPTIONS[binary] else []
 
 
-def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
-    """argv for a consistent, binary-safe logical dump of one database (no secrets)."""
-    return [
+@dataclass(frozen=True)
+class BinlogState:
+    """Whether the server writes a binary log, and in which format."""
+
+    log_bin: bool
+    binlog_format: str
+
+    def warning(self, where: str) -> str | None:
+        """What an operator must know when the binlog is off or not in ROW format."""
+        if not self.log_bin:
+            return (
+                f"log_bin is OFF on {where}: there are no binlog coordinates, so the exactness "
+                "of a backup's row counts/checksums rests on a global lock of at most 1 s (and "
+                "is marked inexact with the reason when that lock cannot be taken or held), and "
+                "point-in-time recovery is impossible (restores go back to the last backup "
+                "only). Turn it on in the server's config: log_bin=<basename>, "
+                "binlog_format=ROW, server_id=<unique number>, then restart the server"
+            )
+        if self.binlog_format.upper() != "ROW":
+            return (
+                f"binlog_format is {self.binlog_format} on {where}: point-in-time recovery needs "
+                "binlog_format=ROW (set it in the server's config and restart)"
+            )
+        return None
+
+
+def snapshot_coordinates(cur: pymysql.cursors.Cursor) -> BinlogCoordinates | None:
+    """The binlog coordinates of the consistent snapshot open on `cur` (MariaDB), or None.
+
+    MariaDB clones the binlog position into `START TRANSACTION WITH CONSISTENT SNAPSHOT`
+    without any lock; with log_bin off (or on MySQL) there is none.
+    """
+    try:
+        cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+        status = {str(k): str(v) for k, v in cur.fetchall()}
+    except pymysql.err.MySQLError:
+        return None
+    file = status.get("Binlog_snapshot_file")
+    if not file:
+        return None
+    position = int(status.get("Binlog_snapshot_position", 0))
+    gtid = None
+    with contextlib.suppress(pymysql.err.MySQLError):
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, position))
+        gtid = str(one_row(cur)[0] or "") or None
+    return BinlogCoordinates(file, position, gtid)
+
+
+def dump_command(
+    binary: str, defaults_path: Path, database: str, coordinates: bool = False
+) -> list[str]:
+    """argv for a consistent, binary-safe logical dump of one database (no secrets).
+
+    `-v` logs `-- Setting savepoint...` on stderr right after the dump's snapshot opened;
+    with `coordinates`, the dump records its snapshot's binlog file/position near its start
+    and the GTID state near its end (as comments).
+    """
+    command = [
         binary,
         f"--defaults-extra-file={defaults_path}",
         "--single-transaction",
@@ -251,138 +377,360 @@ def dump_command(binary: str, defaults_path: Path, database: str) -> list[str]:
         "--skip-dump-date",
         "--max-allowed-packet=256M",
         *dump_history_option(binary),
-        database,
+        "--verbose",
     ]
+    if coordinates:
+        command += ["--master-data=2", "--gtid"]
+    return [*command, database]
+
+
+DUMP_SNAPSHOT_OPEN = "-- Setting savepoint"
+_CHANGE_MASTER = re.compile(
+    rb"-- CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+);"
+)
+_GTID_MARK = b"\n-- SET GLOBAL gtid_slave_pos='"
+HEADER_LIMIT = 1 << 20
+
+
+class DumpStream(io.RawIOBase):
+    """The dump's stdout (the header already read, then the pipe), read as it passes.
+
+    Spots the `-- CHANGE MASTER TO MASTER_LOG_FILE=..., MASTER_LOG_POS=...;` comment in the
+    first MiB and the deferred `-- SET GLOBAL gtid_slave_pos='...'` comment after the last
+    row; a dump escapes newlines inside values, so neither marker can occur inside data.
+    """
+
+    def __init__(self, header: bytes, pipe: IO[bytes], scan: bool) -> None:
+        super().__init__()
+        self._header = header
+        self._pipe = pipe
+        self._scan = scan
+        self._carry = b""
+        self._seen = 0
+        self.position: BinlogCoordinates | None = None
+        self.gtid: str | None = None
+        if scan:
+            self._look(header)
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._pipe.fileno()
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        if self._header:
+            data, self._header = self._header, b""
+            return data
+        data = self._pipe.read(size)
+        if data and self._scan:
+            self._look(data)
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def,override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _look(self, data: bytes) -> None:
+        window = self._carry + data
+        header = self.position is None and self._seen < HEADER_LIMIT
+        if header and (match := _CHANGE_MASTER.search(window)):
+            self.position = BinlogCoordinates(match.group(1).decode(), int(match.group(2)))
+        self._seen += len(data)
+        start = window.rfind(_GTID_MARK)
+        if start >= 0:
+            end = window.find(b"'", start + len(_GTID_MARK))
+            if end < 0:  # the value continues in the next read
+                self._carry = window[start:]
+                return
+            self.gtid = window[start + len(_GTID_MARK) : end].decode() or None
+        self._carry = window[-(len(_GTID_MARK) + 4096) :]
 
 
 class ConsistentDump:
-    """A mysqldump process plus our own snapshot at the same consistent point.
+    """A mariadb-dump process plus our own snapshot at the same consistent point.
 
-    With RELOAD privilege, writes are held by FLUSH TABLES WITH READ LOCK for the instant
-    it takes both our snapshot and mysqldump's to open, so the row counts and checksums
-    recorded in the manifest describe exactly the data in the dump. Without it (managed
-    servers), the facts are taken right before the dump and marked `exact=False`.
+    The facts (row counts, checksums) are read in our `START TRANSACTION WITH CONSISTENT
+    SNAPSHOT`. They are exact when that snapshot and the tool's hold the same data, proven
+    without timed guesses:
+
+    - log_bin on (MariaDB): the dump records its snapshot's binlog file/position; exact when
+      they equal ours (`exact_by="binlog-coordinates"`).
+    - log_bin off: exact when the tool reported its snapshot open (its own output, not the
+      processlist) while our FLUSH TABLES WITH READ LOCK held every commit back
+      (`exact_by="global-lock"`).
+
+    To make equal coordinates likely on a busy server, commits are held back by a global
+    read lock from just before our snapshot until the tool reports its snapshot, for at most
+    `lock_limit_seconds` (1 s) from the moment the lock is requested. An attempt that does
+    not prove exactness is discarded (tool killed before anything is stored) and retried;
+    after `attempts` the backup goes on, marked inexact with the reason.
     """
+
+    coordinates_in_header = True  # the tool prints its coordinates before any data
+    gated = True  # the tool starts before the lock and waits on a FIFO for its credentials
+    snapshot_marker = DUMP_SNAPSHOT_OPEN
 
     def __init__(
         self,
         conn: MySQLConnection,
         database: str,
         record_checksums: bool = True,
-        lock_timeout_seconds: int = 30,
         binary: str | None = None,
-        snapshot_wait_seconds: float = 10,
+        lock_limit_seconds: float = 1.0,
+        attempts: int = 3,
+        header_timeout_seconds: float = 300,
     ) -> None:
         self.conn = conn
         self.database = database
         self.record_checksums = record_checksums
-        self.lock_timeout_seconds = lock_timeout_seconds
-        self.snapshot_wait_seconds = snapshot_wait_seconds
-        self.snapshot_note: str | None = None
+        self.lock_limit_seconds = lock_limit_seconds
+        self.attempts = attempts
+        self.header_timeout_seconds = header_timeout_seconds
         self.binary = binary or find_tool("mariadb-dump", "mysqldump", package="mariadb-client")
         self.process: subprocess.Popen[bytes] | None = None
+        self.stderr: StderrTail | None = None
+        self.stream: DumpStream | None = None
         self._stack = contextlib.ExitStack()
+        self._attempt_stack = contextlib.ExitStack()
         self._snapshot: pymysql.connections.Connection | None = None
+        self._ours: BinlogCoordinates | None = None
+        self._retry = True
+        self._with_coordinates = False
+        self._gate: Path | None = None
         self.facts: SnapshotFacts | None = None
+
+    @property
+    def snapshot_note(self) -> str | None:
+        """Why the facts are not exact (None when they are)."""
+        return self.facts.inexact_reason if self.facts is not None else None
 
     def __enter__(self) -> ConsistentDump:
         try:
             self._start()
         except BaseException:
             self.kill()
+            self._attempt_stack.close()
             self._stack.close()
             raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.kill()
+        self._attempt_stack.close()
         self._stack.close()
 
     def _start(self) -> None:
         quote_identifier(self.database)
         lock = self._stack.enter_context(connect(self.conn))
-        snapshot = self._stack.enter_context(connect(self.conn, self.database))
-        self._snapshot = snapshot
-        exact = True
         with lock.cursor() as cur:
-            cur.execute(f"SET SESSION lock_wait_timeout = {int(self.lock_timeout_seconds)}")
-            try:
-                cur.execute("FLUSH TABLES WITH READ LOCK")
-            except pymysql.err.MySQLError:
-                exact = False
+            cur.execute("SELECT @@GLOBAL.log_bin, VERSION()")
+            log_bin, version = one_row(cur)
+        self._with_coordinates = bool(int(log_bin or 0)) and "mariadb" in str(version).lower()
+        defaults = self._stack.enter_context(defaults_file(self.conn))
+        lock_ms = 0
+        for attempt in range(1, self.attempts + 1):
+            facts = self._attempt(lock, defaults)
+            lock_ms = max(lock_ms, facts.global_lock_ms)
+            facts.global_lock_ms, facts.attempts = lock_ms, attempt
+            self.facts = facts
+            if facts.exact or attempt == self.attempts or self._exited_early() or not self._retry:
+                return
+            self.kill()
+            self._attempt_stack.close()
+
+    def _exited_early(self) -> bool:
+        return self.process is not None and self.process.poll() not in (None, 0)
+
+    def _attempt(self, lock: pymysql.connections.Connection, defaults: Path) -> SnapshotFacts:
+        """One try: lock (<= 1 s), our snapshot, the tool's snapshot, unlock, judge."""
+        self._attempt_stack = contextlib.ExitStack()
+        snapshot = self._attempt_stack.enter_context(connect(self.conn, self.database))
+        self._snapshot = snapshot
+        with snapshot.cursor() as cur:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        if self.gated:  # started, and waiting for its credentials, before the lock
+            self.process = self._launch(defaults)
+            gate = self._open_gate()
+        requested = time.monotonic()
+        lock_error = self._lock(lock)
+        locked = lock_error is None
+        opened_under_lock = False
         try:
             with snapshot.cursor() as cur:
-                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                consistent_at = datetime.now(UTC)
-                facts = SnapshotFacts(consistent_at=consistent_at, exact=exact)
-                self._read_binlog_position(cur, facts)
-                # Thread ids are reused, so remember who was there rather than the max id.
-                cur.execute("SELECT ID FROM information_schema.processlist")
-                existing = {int(row[0]) for row in cur.fetchall()}
-            defaults = self._stack.enter_context(defaults_file(self.conn))
-            self.process = self._launch(defaults)
-            if exact and not self._wait_for_dump_snapshot(lock, existing):
-                facts.exact = False
+                facts = SnapshotFacts(consistent_at=datetime.now(UTC))
+                self._ours = snapshot_coordinates(cur)
+            if self._ours is not None:
+                facts.binlog_file, facts.binlog_position = self._ours.file, self._ours.position
+                facts.gtid = self._ours.gtid
+            if self.gated:
+                self._release_gate(gate)
+            else:
+                self.process = self._launch(defaults)
+            if locked:
+                opened_under_lock = self._wait_snapshot_opened(requested + self.lock_limit_seconds)
         finally:
-            if exact:
+            if locked:
                 with lock.cursor() as cur:
                     cur.execute("UNLOCK TABLES")
-        self.facts = facts
+        facts.global_lock_ms = round(1000 * (time.monotonic() - requested)) if locked else 0
+        self._judge(facts, locked, lock_error, opened_under_lock)
+        return facts
+
+    def _lock(self, lock: pymysql.connections.Connection) -> str | None:
+        """FLUSH TABLES WITH READ LOCK, waiting at most 1 s; the error text when refused."""
+        with lock.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 1")
+            try:
+                cur.execute("FLUSH TABLES WITH READ LOCK")
+            except pymysql.err.MySQLError as exc:
+                return f"FLUSH TABLES WITH READ LOCK failed: {exc.args[-1]}"
+        return None
+
+    def _wait_snapshot_opened(self, deadline: float) -> bool:
+        """True when the tool reported its snapshot open before `deadline`."""
+        assert self.process is not None and self.stderr is not None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.stderr.seen.wait(timeout=min(remaining, 0.005)):
+                return True
+            if self.process.poll() is not None:
+                return self.stderr.seen.is_set()
+
+    def _judge(
+        self, facts: SnapshotFacts, locked: bool, lock_error: str | None, opened: bool
+    ) -> None:
+        """Decide whether this attempt's facts are exact (see the class docstring)."""
+        if opened:  # confirm() checks the tool's coordinates too, when there are any
+            facts.exact, facts.exact_by = True, "global-lock"
+            return
+        if self._ours is not None and self.coordinates_in_header:
+            theirs = self._read_header()
+            if theirs is not None:
+                facts.prove(self._ours, theirs)
+            elif self.process is not None and self.process.poll() is None:
+                self._retry = False  # a slow dump: its coordinates are compared at the end
+                facts.mark_inexact(
+                    f"the dump's coordinates did not arrive within {self.header_timeout_seconds:g}"
+                    " s (it is compared when the dump finishes)"
+                )
+            else:
+                facts.mark_inexact("the dump recorded no binlog coordinates")
+            return
+        if self._ours is None:
+            cause = (
+                lock_error
+                if lock_error
+                else f"the dump did not open its snapshot within the {self.lock_limit_seconds:g} "
+                "s lock window"
+            )
+            facts.mark_inexact(
+                f"log_bin is OFF, so only a global lock can prove the snapshot, and {cause}"
+            )
+        else:
+            facts.mark_inexact(
+                f"{lock_error or 'the tool did not open its snapshot within the lock window'};"
+                " the tool's coordinates are compared when it finishes"
+            )
 
     def _launch(self, defaults: Path) -> subprocess.Popen[bytes]:
-        """Start the dump tool (tasks.mydumper runs another tool through this hook)."""
-        return subprocess.Popen(
-            dump_command(self.binary, defaults, self.database),
+        """Start the dump tool (tasks.mydumper runs another tool through this hook).
+
+        mariadb-dump reads its credentials from a FIFO (`--defaults-extra-file`): it starts,
+        then waits there until `_release_gate`, so its start-up is not inside the lock.
+        """
+        gate = defaults.parent / f"gate-{time.monotonic_ns()}.cnf"
+        os.mkfifo(gate, 0o600)
+        self._attempt_stack.callback(gate.unlink, missing_ok=True)
+        self._gate = gate
+        process = spawn(
+            dump_command(self.binary, gate, self.database, self._with_coordinates),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=1 << 20,  # full 1 MiB reads: raw pipe reads return 64 KiB at most
         )
+        self._attempt_stack.callback(stop, process)
+        assert process.stderr is not None
+        self.stderr = StderrTail(process.stderr, self.snapshot_marker)
+        self.stderr.start()
+        return process
 
-    @staticmethod
-    def _read_binlog_position(cur: pymysql.cursors.Cursor, facts: SnapshotFacts) -> None:
-        with contextlib.suppress(pymysql.err.MySQLError):
-            cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            status = {str(k): str(v) for k, v in cur.fetchall()}
-            if status.get("Binlog_snapshot_file"):
-                facts.binlog_file = status["Binlog_snapshot_file"]
-                facts.binlog_position = int(status.get("Binlog_snapshot_position", 0))
-        with contextlib.suppress(pymysql.err.MySQLError):
-            cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
-            facts.gtid = str(one_row(cur)[0] or "") or None
-
-    def _wait_for_dump_snapshot(
-        self, lock: pymysql.connections.Connection, existing: set[int]
-    ) -> bool:
-        """Hold the lock until mysqldump's own transaction (a newer thread) has its snapshot.
-
-        Returns False when it did not show up in time: the backup goes on, but its facts
-        are then marked inexact rather than holding writes any longer.
-        """
-        deadline = time.monotonic() + self.snapshot_wait_seconds
-        with lock.cursor() as cur:
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    return True  # it failed early; the caller reports its stderr
-                # A new connection running anything past its SET / START TRANSACTION
-                # preamble (mysqldump's next statements read tables) has its snapshot.
-                cur.execute(
-                    "SELECT ID, INFO FROM information_schema.processlist WHERE INFO IS NOT NULL"
+    def _open_gate(self, timeout_s: float = 120) -> int | None:
+        """The FIFO's write end, once the tool has opened it (None if the tool exited)."""
+        assert self.process is not None and self._gate is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return os.open(self._gate, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            if self.process.poll() is not None:
+                return None
+            if time.monotonic() > deadline:
+                raise ExternalCommandError(
+                    f"{Path(self.binary).name} did not start within {timeout_s:.0f} s"
                 )
-                if any(
-                    int(thread) not in existing and not _PRE_SNAPSHOT.match(str(info))
-                    for thread, info in cur.fetchall()
-                ):
-                    return True
-                time.sleep(0.005)
-            cur.execute(
-                "SELECT ID, COMMAND, STATE, LEFT(INFO, 80) FROM information_schema.processlist"
-            )
-            self.snapshot_note = (
-                f"dump snapshot not seen within {self.snapshot_wait_seconds}s: {cur.fetchall()}"
-            )
-        return False
+            time.sleep(0.002)
+
+    def _release_gate(self, gate: int | None) -> None:
+        """Hand the waiting tool its credentials: it connects and opens its snapshot."""
+        if gate is None:
+            return
+        data = self.conn.defaults_file_text().encode()
+        try:
+            os.set_blocking(gate, True)
+            while data:
+                data = data[os.write(gate, data) :]
+        except BrokenPipeError:
+            pass  # the tool exited; its stderr says why
+        finally:
+            os.close(gate)
+
+    def _read_header(self) -> BinlogCoordinates | None:
+        """Read the dump's first bytes up to its `CHANGE MASTER` comment (kept for the stream)."""
+        assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        header = bytearray()
+        deadline = time.monotonic() + self.header_timeout_seconds
+        while len(header) < HEADER_LIMIT and time.monotonic() < deadline:
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            header += data
+            if _CHANGE_MASTER.search(header):
+                break
+        self.stream = DumpStream(bytes(header), self.process.stdout, scan=True)
+        return self.stream.position
+
+    def output(self) -> IO[bytes]:
+        """The dump's stdout (with the header this object already read)."""
+        if self.stream is None:
+            assert self.process is not None and self.process.stdout is not None
+            self.stream = DumpStream(b"", self.process.stdout, scan=self._ours is not None)
+        return cast(IO[bytes], self.stream)
+
+    def confirm(self, theirs: BinlogCoordinates | None = None) -> SnapshotFacts:
+        """After the tool succeeded, prove the facts by its recorded coordinates.
+
+        `theirs` comes from the tool's metadata (mydumper); for mariadb-dump they are the
+        header's file/position and the GTID from the end of the stream. Without any (log_bin
+        off), the lock proof (or its absence) stands.
+        """
+        assert self.facts is not None
+        if self._ours is None:
+            return self.facts
+        if theirs is None and self.stream is not None and self.stream.position is not None:
+            theirs = dataclasses.replace(self.stream.position, gtid=self.stream.gtid)
+        if theirs is not None:
+            self.facts.prove(self._ours, theirs)
+        return self.facts
 
     def record_table_facts(self, tables: list[str]) -> SnapshotFacts:
         """Row counts (and checksums) of `tables` inside our snapshot; ends the snapshot."""
@@ -401,11 +749,8 @@ class ConsistentDump:
         return self.facts
 
     def kill(self) -> None:
-        """Stop mysqldump if it still runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=10)
+        """Stop the tool if it still runs."""
+        stop(self.process)
 
 
 LOB_TYPES = (

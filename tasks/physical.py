@@ -39,6 +39,8 @@ import pymysql
 from pydantic import SecretStr
 
 from blocks.mysql import MySQLConnection
+from tasks.child_process import run as run_tool
+from tasks.child_process import spawn
 from tasks.engine_io import restore_object_into, tool_error
 from tasks.engines import PhysicalTools, physical_tools, server_flavor, which
 from tasks.errors import (
@@ -56,6 +58,7 @@ from tasks.mysql import (
     defaults_file,
     one_row,
     quote_identifier,
+    snapshot_coordinates,
 )
 from tasks.storage import ObjectStore
 
@@ -204,7 +207,7 @@ class PhysicalBackup(ConsistentDump):
         command = physical_backup_command(
             self.tools, self.binary, defaults, datadir, workdir, self.database, self.threads
         )
-        self.process = subprocess.Popen(
+        self.process = spawn(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1 << 20
         )
         self._reader = threading.Thread(target=self._read_log, daemon=True, name="backup-log")
@@ -215,7 +218,10 @@ class PhysicalBackup(ConsistentDump):
         with self._snapshot.cursor() as cur:
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             facts = SnapshotFacts(consistent_at=datetime.now(UTC))
-            self._read_binlog_position(cur, facts)
+            self._ours = snapshot_coordinates(cur)
+        if self._ours is not None:
+            facts.binlog_file, facts.binlog_position = self._ours.file, self._ours.position
+            facts.gtid = self._ours.gtid
         self.facts = facts
 
     def _read_log(self) -> None:
@@ -288,6 +294,12 @@ class PhysicalBackup(ConsistentDump):
         else:
             facts.exact = self.stage_ordered
             self.exact_by = "backup-stage-order" if facts.exact else "none"
+        facts.exact_by = self.exact_by
+        if not facts.exact:
+            facts.inexact_reason = (
+                f"our snapshot ({facts.binlog_file}:{facts.binlog_position}) is not at the "
+                f"{self.tools.tool} consistent point ({log.binlog_file}:{log.binlog_position})"
+            )
         self.record_table_facts(self.tables)
         if log.binlog_file:  # the tool's own coordinates are the authoritative ones
             facts.binlog_file, facts.binlog_position = log.binlog_file, log.binlog_position
@@ -555,7 +567,7 @@ def _innodb_layout(datadir: Path) -> dict[str, str]:
 def _run_step(argv: list[str], log: Path, what: str, timeout_s: float) -> None:
     with open(log, "wb") as output:
         try:
-            done = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, timeout=timeout_s)
+            done = run_tool(argv, stdout=output, stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise RestoreLoadError(f"{what} did not finish within {timeout_s:.0f}s") from None
     if done.returncode != 0:
@@ -620,7 +632,7 @@ def restore_physical(
         nonlocal load_s
         with open(extract_log, "wb") as log:
             unpack = (
-                subprocess.Popen(
+                spawn(
                     [decoder, *DECODERS[manifest.codec][1:]],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -629,7 +641,7 @@ def restore_physical(
                 if decoder
                 else None
             )
-            process = subprocess.Popen(
+            process = spawn(
                 [extract, "-x", "-C", str(datadir)],
                 stdin=unpack.stdout if unpack else subprocess.PIPE,
                 stdout=log,

@@ -44,6 +44,8 @@ from prefect.transactions import get_transaction
 from blocks.mysql import MySQLConnection
 from tasks.backup import retry_transient
 from tasks.catalog import scan_backups
+from tasks.child_process import run as run_tool
+from tasks.child_process import spawn
 from tasks.compression import TruncatedStream, new_decompressor
 from tasks.drill import (
     MARKER_TABLE,
@@ -343,7 +345,7 @@ class _Client:
 
     def __init__(self, argv: list[str], index: int) -> None:
         self.index = index
-        self.process = subprocess.Popen(
+        self.process = spawn(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
         )
         self.queue: queue.Queue[object] = queue.Queue(maxsize=LOADER_QUEUE)
@@ -649,7 +651,7 @@ _SANDBOX: dict[str, bool] = {}
 def client_supports_sandbox(binary: str) -> bool:
     """MariaDB clients >= 10.5.25/10.11.8 refuse shell and file commands with --sandbox."""
     if binary not in _SANDBOX:
-        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+        out = run_tool([binary, "--help"], capture_output=True, text=True, timeout=30)
         _SANDBOX[binary] = "--sandbox" in out.stdout
     return _SANDBOX[binary]
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from blocks.backup_store import GcsDestination, LocalFolderDestination
 
 READ_CHUNK = 4 * 1024 * 1024
+PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,14 @@ class ObjectStore(ABC):
     def set_storage_class(self, key: str, storage_class: str) -> None:
         """Move `key` to another storage class (archive)."""
 
+    def list_partials(self, prefix: str) -> list[ObjectInfo]:
+        """Unfinished uploads under `prefix` that are visible as objects (crashed writers).
+
+        Their keys end in `PARTIAL_SUFFIX`; `delete(key)` removes one. GCS keeps an unfinished
+        resumable upload invisible (and expires it), so buckets have none.
+        """
+        return []
+
     def read_bytes(self, key: str) -> bytes:
         with self.open_reader(key) as reader:
             return reader.read()
@@ -109,7 +118,7 @@ class ObjectStore(ABC):
 class _LocalWriter(ObjectWriter):
     def __init__(self, final_path: Path) -> None:
         self._final = final_path
-        self._partial = final_path.with_name(final_path.name + ".partial")
+        self._partial = final_path.with_name(final_path.name + PARTIAL_SUFFIX)
         self._final.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] | None = open(self._partial, "wb")  # noqa: SIM115
 
@@ -176,7 +185,7 @@ class LocalFolderStore(ObjectStore):
             return []
         infos = []
         for path in start.rglob("*"):
-            if not path.is_file() or path.name.endswith(".partial"):
+            if not path.is_file() or path.name.endswith(PARTIAL_SUFFIX):
                 continue
             if path.name.startswith(".") and path.name.endswith(".archived"):
                 continue  # the storage-class marker of another object, not an object
@@ -213,6 +222,21 @@ class LocalFolderStore(ObjectStore):
             marker.unlink(missing_ok=True)
         else:
             marker.write_text(storage_class)
+
+    def list_partials(self, prefix: str) -> list[ObjectInfo]:
+        base = self.root / prefix
+        start = base if base.is_dir() else base.parent
+        if not start.is_dir():
+            return []
+        infos = []
+        for path in start.rglob(f"*{PARTIAL_SUFFIX}"):
+            key = path.relative_to(self.root).as_posix()
+            with contextlib.suppress(FileNotFoundError):  # committed or aborted meanwhile
+                if key.startswith(prefix) and path.is_file():
+                    stat = path.stat()
+                    updated = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+                    infos.append(ObjectInfo(key=key, size=stat.st_size, updated=updated))
+        return sorted(infos, key=lambda info: info.key)
 
     def remove_partials(self) -> int:
         """Delete leftover `.partial` files from crashed writers; returns how many."""

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pymysql
 import zstandard
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
@@ -126,6 +127,20 @@ def load_sql(conn: MySQLConnection, database: str, sql: bytes) -> None:
             capture_output=True,
             timeout=600,
         )
+
+
+def fill_noise(conn: MySQLConnection, database: str, rows: int) -> None:
+    """`rows` incompressible 100 kB rows in `database`.noise (id INT key, data LONGBLOB)."""
+    connection = pymysql.connect(**conn.pymysql_kwargs(database))
+    try:
+        with connection.cursor() as cur:
+            for start in range(0, rows, 50):
+                batch = range(start, min(start + 50, rows))
+                cur.executemany(
+                    "INSERT INTO noise VALUES (%s, %s)", [(i, os.urandom(100_000)) for i in batch]
+                )
+    finally:
+        connection.close()
 
 
 def child_argvs(*binary_names: str) -> list[tuple[int, bytes]]:

@@ -11,7 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pymysql
 import pytest
 import zstandard
 
@@ -33,7 +32,7 @@ from tasks.sample_data import create_sample_database
 from tasks.storage import LocalFolderStore, open_store
 from tests.fixtures.gcs import gcs_destination
 from tests.fixtures.mysql import run_sql
-from tests.helpers import child_argvs, load_sql, local_store, run_texts, save_block
+from tests.helpers import child_argvs, fill_noise, load_sql, local_store, run_texts, save_block
 
 pytestmark = pytest.mark.mysql
 
@@ -264,14 +263,7 @@ def big_db(mysql_root: MySQLConnection):
     run_sql(
         mysql_root, "CREATE TABLE noise (id INT PRIMARY KEY, data LONGBLOB) ENGINE=InnoDB", name
     )
-    conn = pymysql.connect(**mysql_root.pymysql_kwargs(name))
-    with conn.cursor() as cur:
-        for start in range(0, 400, 50):
-            cur.executemany(
-                "INSERT INTO noise VALUES (%s, %s)",
-                [(i, os.urandom(100_000)) for i in range(start, start + 50)],
-            )
-    conn.close()
+    fill_noise(mysql_root, name, 400)
     yield name
     run_sql(mysql_root, f"DROP DATABASE {name}")
 
