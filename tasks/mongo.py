@@ -53,7 +53,9 @@ from tasks.storage import ObjectStore
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 # Dates outside Python's years 1-9999 (a server stores any int64) decode as DatetimeMS.
-ANY_DATE = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+ANY_DATE: CodecOptions[dict[str, Any]] = CodecOptions(
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO
+)
 AUTH_FAILED = 18
 MAX_INSERT_BATCH = 500
 MARKER_COLLECTION = "_vibeops_drill"

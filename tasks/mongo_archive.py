@@ -65,7 +65,7 @@ def header_line(header: Mapping[str, Any]) -> bytes:
     return json.dumps({"format": ARCHIVE_FORMAT, **header}).encode() + b"\n"
 
 
-def index_specs_to_json(indexes: Mapping[str, list[Mapping[str, Any]]]) -> Any:
+def index_specs_to_json(indexes: Mapping[str, list[dict[str, Any]]]) -> Any:
     """Index specs per collection as canonical Extended JSON: key order and value types kept
     (a compound key {b: -1, a: 1}, a date inside a partialFilterExpression)."""
     return json.loads(json_util.dumps(indexes, json_options=EXTENDED_JSON))
