@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -492,24 +493,14 @@ def export_lines(
         yield "".join(f"{line}\n" for _, _, line in batch).encode()
 
 
-def _ends_inside_a_string(line: bytes) -> bool:
-    """Whether `line` ends inside a quoted string field value (InfluxDB's scanLine rules)."""
-    fields = quoted = False
-    equals = i = 0
-    while i < len(line):
-        char = line[i]
-        if char == 0x5C:  # a backslash takes the next byte with it
-            i += 2
-            continue
-        if char == 0x20:
-            fields = True
-        if fields:
-            if not quoted and char == 0x3D:
-                equals += 1
-            elif char == 0x22 and equals > 0:
-                quoted = not quoted
-        i += 1
-    return quoted
+# One whole line as InfluxDB's scanLine reads it: a backslash takes the next byte (a newline
+# too); after the first space and the first `=`, a double-quoted string may hold newlines.
+_WHOLE_LINE = re.compile(
+    rb"(?:[^ \n\\]++|\\.)*+"  # measurement and tags
+    rb"(?: (?:[^=\n\\]++|\\.)*+"  # the first field key
+    rb'(?:=(?:[^"\n\\]++|\\.|"(?:[^"\\]++|\\.)*+")*+)?)?',  # values, quoted or not
+    re.DOTALL,
+)
 
 
 def split_line_protocol(data: bytes) -> tuple[list[bytes], bytes]:
@@ -520,8 +511,8 @@ def split_line_protocol(data: bytes) -> tuple[list[bytes], bytes]:
     carry: bytes | None = None
     for piece in pieces[:-1]:
         line = piece if carry is None else carry + b"\n" + piece
-        if b'"' in line and _ends_inside_a_string(line):
-            carry = line
+        if (b'"' in line or line.endswith(b"\\")) and _WHOLE_LINE.fullmatch(line) is None:
+            carry = line  # the newline was inside a string value
             continue
         lines.append(line)
         carry = None

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from influxdb_client import WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from prefect import flow
@@ -22,7 +24,13 @@ from blocks import BackupStore, InfluxConnection
 from flows.backup_influxdb import BackupInfluxParams, backup_influxdb
 from flows.restore_drill_influxdb import RestoreDrillInfluxParams, restore_drill_influxdb
 from tasks.errors import BackupVerificationError, DrillFailed
-from tasks.influx import split_line_protocol
+from tasks.influx import (
+    EARLIEST_NS,
+    LATEST_NS,
+    format_line,
+    format_value,
+    split_line_protocol,
+)
 from tasks.influx_backup import restore_influx_copy
 from tasks.manifest import BackupManifest, parse_manifest
 from tasks.storage import LocalFolderStore, open_store
@@ -169,6 +177,45 @@ def test_split_line_protocol_keeps_newlines_inside_string_values() -> None:
     lines, rest = split_line_protocol(data)
     assert lines == [b'm s="a\nb",t="x\\"\n" 1', b'm,tag=a\\ "b f=1i 2']
     assert rest == b'm s="open\n'
+
+
+NAMES = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            NAMES.filter(lambda n: not n.endswith("\\")),
+            st.lists(st.tuples(NAMES, NAMES).filter(lambda kv: not kv[1].endswith("\\"))),
+            NAMES.filter(lambda n: not n.endswith("\\") and "\\" not in n),
+            st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20),
+            st.integers(min_value=EARLIEST_NS, max_value=LATEST_NS),
+        ),
+        max_size=8,
+    ),
+    st.integers(min_value=1, max_value=64),
+)
+@settings(max_examples=300, deadline=None)
+def test_exported_lines_split_back_exactly_however_the_stream_is_chunked(
+    points: list[tuple[str, list[tuple[str, str]], str, str, int]], chunk: int
+) -> None:
+    """Lines as the export formats them (strings with quotes, backslashes and newlines) come
+    back one for one from the restore's splitter, whatever the chunk boundaries."""
+    lines = [
+        format_line(m, tags, f, format_value(text, "string"), ns) for m, tags, f, text, ns in points
+    ]
+    data = "".join(f"{line}\n" for line in lines).encode()
+    found: list[bytes] = []
+    pending = b""
+    for offset in range(0, len(data), chunk):
+        complete, pending = split_line_protocol(pending + data[offset : offset + chunk])
+        found += complete
+    assert pending == b""
+    assert [line.decode() for line in found] == lines
 
 
 def rewrite_export(root: Path, manifest: BackupManifest, edit: Callable[[str], str]) -> None:
