@@ -22,6 +22,7 @@ from prefect import flow
 
 from blocks import BackupStore, InfluxConnection
 from flows.backup_influxdb import BackupInfluxParams, backup_influxdb
+from flows.forms import params_of
 from flows.restore_drill_influxdb import RestoreDrillInfluxParams, restore_drill_influxdb
 from tasks.errors import BackupVerificationError, DrillFailed
 from tasks.influx import (
@@ -80,7 +81,7 @@ def backup(server: InfluxStandIn, bucket: str, store: BackupStore) -> BackupMani
         connection_block=save_block(_conn(server)),
         store_block=save_block(store),
     )
-    manifest: BackupManifest = backup_influxdb(params)
+    manifest: BackupManifest = backup_influxdb(**params_of(params))
     return manifest
 
 
@@ -99,10 +100,12 @@ def restore_into(server: InfluxStandIn, manifest: BackupManifest, store: BackupS
 
 def drill(server: InfluxStandIn, manifest: BackupManifest, store: BackupStore) -> Any:
     return restore_drill_influxdb(
-        RestoreDrillInfluxParams(
-            source=manifest.source,
-            store_block=save_block(store),
-            connection_block=save_block(_conn(server)),
+        **params_of(
+            RestoreDrillInfluxParams(
+                source=manifest.source,
+                store_block=save_block(store),
+                connection_block=save_block(_conn(server)),
+            )
         ),
         return_state=True,
     )

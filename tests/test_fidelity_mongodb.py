@@ -20,6 +20,7 @@ from bson.raw_bson import RawBSONDocument
 
 from blocks.mongo import MongoConnection
 from flows.backup_mongodb import BackupMongoDBParams, backup_mongodb
+from flows.forms import params_of
 from flows.restore_drill_mongodb import RestoreDrillMongoDBParams, restore_drill_mongodb
 from tasks.errors import DrillFailed
 from tasks.manifest import BackupManifest, parse_manifest
@@ -98,8 +99,13 @@ def backup(
     store_block = save_block(local_store(root, REGIONS))
     source = f"fid{uuid.uuid4().hex[:8]}"
     manifest = backup_mongodb(
-        BackupMongoDBParams(
-            source=source, database=database, connection_block=conn_block, store_block=store_block
+        **params_of(
+            BackupMongoDBParams(
+                source=source,
+                database=database,
+                connection_block=conn_block,
+                store_block=store_block,
+            )
         )
     )
     return conn_block, store_block, source, manifest
@@ -107,8 +113,10 @@ def backup(
 
 def drill(conn_block: str, store_block: str, source: str) -> Any:
     return restore_drill_mongodb(
-        RestoreDrillMongoDBParams(
-            source=source, drill_server_block=conn_block, store_block=store_block
+        **params_of(
+            RestoreDrillMongoDBParams(
+                source=source, drill_server_block=conn_block, store_block=store_block
+            )
         ),
         return_state=True,
     )
