@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -172,7 +173,11 @@ def test_a_single_value_of_another_type_is_refused_on_load_and_fails_the_drill(
     assert state.is_failed()
     with pytest.raises(DrillFailed, match=r"no region's copy could be restored"):
         state.result()
-    assert "partial write: field type conflict" in run_texts(state.state_details.flow_run_id)
+    # the run's logs and report reach the API asynchronously: wait for them (30 s at most)
+    deadline = time.monotonic() + 30
+    while "partial write: field type conflict" not in run_texts(state.state_details.flow_run_id):
+        assert time.monotonic() < deadline, "the drill's report does not carry the server's error"
+        time.sleep(0.5)
 
 
 def test_split_line_protocol_keeps_newlines_inside_string_values() -> None:
