@@ -5,7 +5,6 @@ must notice when one value changes its type."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 import uuid
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from influxdb_client import WritePrecision
@@ -34,9 +32,9 @@ from tasks.influx import (
     split_line_protocol,
 )
 from tasks.influx_backup import restore_influx_copy
-from tasks.manifest import BackupManifest, parse_manifest
-from tasks.storage import LocalFolderStore, open_store
-from tests.fixtures.docstore_corpus import influx_corpus_files
+from tasks.manifest import BackupManifest
+from tasks.storage import open_store
+from tests.fixtures.docstore_corpus import influx_corpus_files, rewrite_stored_copy
 from tests.helpers import local_store, run_texts, save_block
 from tests.influx_standin import InfluxStandIn
 
@@ -227,27 +225,8 @@ def test_exported_lines_split_back_exactly_however_the_stream_is_chunked(
 
 
 def rewrite_export(root: Path, manifest: BackupManifest, edit: Callable[[str], str]) -> None:
-    """Rewrite the line protocol in every region and re-sign it in the manifests (a copy that
-    is intact as a file but not what was exported)."""
-    key = manifest.object_key(manifest.objects[0].name)
-    packed = (root / REGIONS[0] / key).read_bytes()
-    plain = zstandard.ZstdDecompressor().decompressobj().decompress(packed).decode()
-    edited = edit(plain).encode()
-    assert edited != plain.encode()
-    data = zstandard.ZstdCompressor(level=3).compress(edited)
-    obj = manifest.objects[0].model_copy(
-        update={
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "uncompressed_size": len(edited),
-        }
-    )
-    for region in REGIONS:
-        (root / region / key).write_bytes(data)
-        store = LocalFolderStore(region, root / region)
-        current = parse_manifest(store.read_bytes(manifest.manifest_key))
-        updated = current.model_copy(update={"objects": [obj]})
-        store.write_bytes(manifest.manifest_key, updated.to_json())
+    """Edit the exported line protocol in every region and re-sign it."""
+    rewrite_stored_copy(root, REGIONS, manifest, lambda plain: edit(plain.decode()).encode())
 
 
 # (pattern, replacement) over the whole export: InfluxDB holds one type per field, so a type

@@ -5,7 +5,6 @@ and the drill must notice when one value changes its type."""
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from typing import Any
 
 import bson
 import pytest
-import zstandard
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 
@@ -23,11 +21,16 @@ from flows.backup_mongodb import BackupMongoDBParams, backup_mongodb
 from flows.forms import params_of
 from flows.restore_drill_mongodb import RestoreDrillMongoDBParams, restore_drill_mongodb
 from tasks.errors import DrillFailed
-from tasks.manifest import BackupManifest, parse_manifest
+from tasks.manifest import BackupManifest
 from tasks.mongo import MARKER_COLLECTION, RAW, restore_archive
 from tasks.mongo_archive import ArchiveParser, encode_record, header_line, split_documents
-from tasks.storage import LocalFolderStore, open_store
-from tests.fixtures.docstore_corpus import MongoCorpus, load_mongo_corpus, retype_element
+from tasks.storage import open_store
+from tests.fixtures.docstore_corpus import (
+    MongoCorpus,
+    load_mongo_corpus,
+    retype_element,
+    rewrite_stored_copy,
+)
 from tests.helpers import local_store, save_block
 
 REGIONS = ("local-a", "local-b")
@@ -175,30 +178,17 @@ def test_index_key_order_and_typed_index_options_survive(
 
 
 def rewrite_archive(root: Path, manifest: BackupManifest, edit: Any) -> None:
-    """Rewrite the archive in every region through `edit(collection, raw) -> raw` and re-sign
-    the object in the manifests (a copy that is intact as a file but not what was dumped)."""
-    key = manifest.object_key(manifest.objects[0].name)
-    packed = (root / REGIONS[0] / key).read_bytes()
-    plain = zstandard.ZstdDecompressor().decompressobj().decompress(packed)
-    parser = ArchiveParser([plain])
-    out = bytearray(header_line({k: v for k, v in parser.header.items() if k != "format"}))
-    for name, raw in parser.records():
-        out += encode_record(name.encode(), edit(name, raw))
-    data = zstandard.ZstdCompressor(level=3).compress(bytes(out))
-    obj = manifest.objects[0].model_copy(
-        update={
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "uncompressed_size": len(out),
-        }
-    )
-    for region in REGIONS:
-        (root / region / key).write_bytes(data)
-        store = LocalFolderStore(region, root / region)
-        current = parse_manifest(store.read_bytes(manifest.manifest_key))
-        store.write_bytes(
-            manifest.manifest_key, current.model_copy(update={"objects": [obj]}).to_json()
-        )
+    """Rewrite the archive's records in every region through `edit(collection, raw) -> raw`
+    and re-sign it (a copy that is intact as a file but not what was dumped)."""
+
+    def records(plain: bytes) -> bytes:
+        parser = ArchiveParser([plain])
+        out = bytearray(header_line({k: v for k, v in parser.header.items() if k != "format"}))
+        for name, raw in parser.records():
+            out += encode_record(name.encode(), edit(name, raw))
+        return bytes(out)
+
+    rewrite_stored_copy(root, REGIONS, manifest, records)
 
 
 TAMPERS = {
