@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,12 @@ from tasks.manifest import MeasurementFacts
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
+# InfluxDB stores times from 1677-09-21 to 2262-04-11 (int64 ns, the two extremes reserved). A
+# backup covers all of it: points before 1970 and after the backup's start are data too. The
+# upper bound is rounded down to a microsecond so that the manifest's datetime holds it exactly.
+EARLIEST_NS = -9_223_372_036_854_775_806
+LATEST_NS = 9_223_372_036_854_775_000
+END_OF_TIME_NS = 9_223_372_036_854_775_807  # exclusive: InfluxDB's last storable time + 1
 EPOCH = "1970-01-01T00:00:00Z"
 ALL_TIME_EVERY = "100000d"  # one aggregate window spanning every stored point
 SYSTEM_COLUMNS = {
@@ -367,7 +374,7 @@ class InfluxSession:
                     write_precision=WritePrecision.NS,  # type: ignore[arg-type]  # a str constant
                 )
             except ApiException as exc:
-                if exc.status != 400:
+                if exc.status not in (400, 422):  # malformed lines; a field type conflict
                     raise
                 raise RestoreLoadError(
                     f"InfluxDB rejected line protocol written to {bucket!r}: {str(exc.body)[:300]}"
@@ -400,7 +407,7 @@ class InfluxSession:
 
     def first_day_ns(self, bucket: str, stop_ns: int, measurement: str | None = None) -> int | None:
         """Start of the first UTC day holding a point before `stop_ns` (None: no points)."""
-        daily = self.count_points(bucket, 0, stop_ns, measurement, every="1d")
+        daily = self.count_points(bucket, EARLIEST_NS, stop_ns, measurement, every="1d")
         return min(((t - 1) // DAY_NS) * DAY_NS for t in daily) if daily else None
 
     def measurement_counts(
@@ -486,6 +493,33 @@ def export_lines(
         yield "".join(f"{line}\n" for _, _, line in batch).encode()
 
 
+# One whole line as InfluxDB's scanLine reads it: a backslash takes the next byte (a newline
+# too); after the first space and the first `=`, a double-quoted string may hold newlines.
+_WHOLE_LINE = re.compile(
+    rb"(?:[^ \n\\]++|\\.)*+"  # measurement and tags
+    rb"(?: (?:[^=\n\\]++|\\.)*+"  # the first field key
+    rb'(?:=(?:[^"\n\\]++|\\.|"(?:[^"\\]++|\\.)*+")*+)?)?',  # values, quoted or not
+    re.DOTALL,
+)
+
+
+def split_line_protocol(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of `data` and the unfinished rest. A newline inside a quoted string
+    field value does not end a line (InfluxDB accepts such strings, and exports them as is)."""
+    pieces = data.split(b"\n")
+    lines: list[bytes] = []
+    carry: bytes | None = None
+    for piece in pieces[:-1]:
+        line = piece if carry is None else carry + b"\n" + piece
+        if (b'"' in line or line.endswith(b"\\")) and _WHOLE_LINE.fullmatch(line) is None:
+            carry = line  # the newline was inside a string value
+            continue
+        lines.append(line)
+        carry = None
+    rest = pieces[-1] if carry is None else carry + b"\n" + pieces[-1]
+    return lines, rest
+
+
 def load_lines(
     session: InfluxSession,
     bucket: str,
@@ -498,8 +532,7 @@ def load_lines(
     written = 0
     pending = b""
     while chunk := source.read(1 << 20):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
+        complete, pending = split_line_protocol(pending + chunk)
         for raw in complete:
             if raw:
                 batch.append(raw.decode())

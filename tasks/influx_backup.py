@@ -22,8 +22,11 @@ from tasks.backup_stream import ChunkReader, StreamResult, stream_to_stores, ver
 from tasks.catalog import scan_backups
 from tasks.compression import EXTENSIONS, decompress_stream
 from tasks.drill import BackupChoice, DrillMarker, select_backup
-from tasks.errors import RestoreTargetRefused, StorageError
+from tasks.errors import BackupVerificationError, RestoreTargetRefused, StorageError
 from tasks.influx import (
+    EARLIEST_NS,
+    END_OF_TIME_NS,
+    LATEST_NS,
     Digests,
     InfluxSession,
     digest_bucket,
@@ -31,6 +34,7 @@ from tasks.influx import (
     export_lines,
     from_ns,
     load_lines,
+    rfc3339,
     to_ns,
 )
 from tasks.manifest import (
@@ -61,6 +65,7 @@ class InfluxSourceFacts:
     first_ns: int
     stop_ns: int
     points: dict[str, int]
+    consistent_at: datetime
 
 
 @dataclass(frozen=True)
@@ -74,13 +79,23 @@ class InfluxExport:
 def preflight_influx(
     conn: InfluxConnection, bucket: str, stores: list[ObjectStore], stop: datetime
 ) -> InfluxSourceFacts:
-    """Check the server, the bucket and every destination; count values per day."""
-    stop_ns = to_ns(stop)
+    """Check the server, the bucket and every destination; count values per measurement.
+
+    The export covers every time InfluxDB can store (see EARLIEST_NS, LATEST_NS), from the
+    first day holding a point; `stop` (the backup's start) is its consistent point."""
+    stop_ns = LATEST_NS
     with InfluxSession(conn) as session:
         version = session.server_version()
         session.require_bucket(bucket)
-        first_ns = session.first_day_ns(bucket, stop_ns) or stop_ns
-        points = session.measurement_counts(bucket, 0, stop_ns)
+        first_ns = session.first_day_ns(bucket, stop_ns) or to_ns(stop)
+        points = session.measurement_counts(bucket, EARLIEST_NS, stop_ns)
+        beyond = session.measurement_counts(bucket, LATEST_NS, END_OF_TIME_NS)
+    if beyond:
+        raise BackupVerificationError(
+            f"bucket {bucket!r} holds {sum(beyond.values())} value(s) in the last microsecond "
+            f"InfluxDB can store (at or after {rfc3339(LATEST_NS)}), which a backup cannot "
+            "cover exactly; move or delete them, then back up again"
+        )
     for store in stores:
         store.check_ready()
     get_run_logger().info(
@@ -93,7 +108,7 @@ def preflight_influx(
         from_ns(first_ns).date(),
         ", ".join(s.region for s in stores),
     )
-    return InfluxSourceFacts(version, bucket, first_ns, stop_ns, points)
+    return InfluxSourceFacts(version, bucket, first_ns, stop_ns, points, stop)
 
 
 @io_task("stream-influxdb-export", retries=2, backoff=5)
@@ -164,7 +179,7 @@ def build_influx_manifest(
         database=facts.bucket,
         server_version=facts.server_version,
         started_at=started_at,
-        consistent_at=from_ns(facts.stop_ns),
+        consistent_at=facts.consistent_at,
         finished_at=datetime.now(UTC),
         codec=codec,
         objects=[

@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pymongo
-from bson import json_util
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -39,17 +38,24 @@ from tasks.errors import (
 )
 from tasks.manifest import BackupManifest, Codec, RegionCopy, StoredObject, TableFacts
 from tasks.mongo_archive import (
+    ARCHIVE_FORMAT,
     ArchiveParser,
     CollectionDigest,
     CollectionParity,
     compare_collections,
     encode_record,
     header_line,
+    index_specs_from_json,
+    index_specs_to_json,
     split_documents,
 )
 from tasks.storage import ObjectStore
 
 RAW = CodecOptions(document_class=RawBSONDocument)
+# Dates outside Python's years 1-9999 (a server stores any int64) decode as DatetimeMS.
+ANY_DATE: CodecOptions[dict[str, Any]] = CodecOptions(
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO
+)
 AUTH_FAILED = 18
 MAX_INSERT_BATCH = 500
 MARKER_COLLECTION = "_vibeops_drill"
@@ -116,7 +122,7 @@ def read_source_facts(conn: MongoConnection, database: str) -> MongoFacts:
                 f"(it has {sorted(n for n in names if n not in SYSTEM_DATABASES)}); fix the "
                 "database parameter"
             )
-        db = client[database]
+        db = client.get_database(database, codec_options=ANY_DATE)
         collections, views, indexes = {}, [], {}
         for info in db.list_collections():
             name = info["name"]
@@ -163,13 +169,14 @@ def archive_chunks(
     chunk_bytes: int = 1 << 20,
 ) -> Iterator[bytes]:
     """The archive of `database` in chunks; fills `digests` (count, sha256) as it goes."""
-    header = {
-        "database": database,
-        "collections": list(facts.collections),
-        "indexes": json_util.loads(json_util.dumps(facts.indexes)),
-        "server_version": facts.server_version,
-    }
-    yield header_line(json_util.loads(json_util.dumps(header)))
+    yield header_line(
+        {
+            "database": database,
+            "collections": list(facts.collections),
+            "indexes": index_specs_to_json(facts.indexes),
+            "server_version": facts.server_version,
+        }
+    )
     pending = bytearray()
     for name in facts.collections:
         digest = digests.setdefault(name, CollectionDigest())
@@ -284,7 +291,7 @@ def build_mongo_manifest(
             "python-zstandard": __import__("zstandard").__version__,
             "vibebench-ops": "0.1.0",
         },
-        restore_hints={"archive": "vibeops-mongo-archive/1", "consistency": "per-collection"},
+        restore_hints={"archive": ARCHIVE_FORMAT, "consistency": "per-collection"},
         prefix=prefix,
     )
 
@@ -390,7 +397,9 @@ def restore_archive(
                 stats.documents += 1
                 stats.uncompressed_bytes += len(raw)
             _insert(db, current, batch)
-            for collection, specs in parser.header.get("indexes", {}).items():
+            for collection, specs in index_specs_from_json(
+                parser.header.get("indexes", {})
+            ).items():
                 if specs:
                     db[collection].database.command("createIndexes", collection, indexes=specs)
         except OperationFailure as exc:

@@ -17,12 +17,26 @@ import json
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
+
+from bson import json_util
+from bson.codec_options import DatetimeConversion
+from bson.json_util import JSONMode, JSONOptions
 
 from tasks.errors import BackupVerificationError
 from tasks.manifest import TableFacts
 
-ARCHIVE_FORMAT = "vibeops-mongo-archive/1"
+ARCHIVE_FORMAT = "vibeops-mongo-archive/2"
+# /1 wrote index specs as plain JSON with sorted keys (a compound index's key order lost);
+# /2 writes them as canonical Extended JSON in server order. Both restore.
+READABLE_FORMATS = ("vibeops-mongo-archive/1", ARCHIVE_FORMAT)
+EXTENDED_JSON = JSONOptions(
+    json_mode=JSONMode.CANONICAL,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+    tz_aware=True,
+    tzinfo=UTC,
+)
 _NAME_LENGTH = struct.Struct(">H")
 _BSON_LENGTH = struct.Struct("<i")
 
@@ -47,8 +61,22 @@ class CollectionDigest:
 
 
 def header_line(header: Mapping[str, Any]) -> bytes:
-    """The archive's first line: `{"format": ..., ...}` as JSON, newline-terminated."""
-    return json.dumps({"format": ARCHIVE_FORMAT, **header}, sort_keys=True).encode() + b"\n"
+    """The archive's first line: `{"format": ..., ...}` as JSON (key order kept), newline-ended."""
+    return json.dumps({"format": ARCHIVE_FORMAT, **header}).encode() + b"\n"
+
+
+def index_specs_to_json(indexes: Mapping[str, list[dict[str, Any]]]) -> Any:
+    """Index specs per collection as canonical Extended JSON: key order and value types kept
+    (a compound key {b: -1, a: 1}, a date inside a partialFilterExpression)."""
+    return json.loads(json_util.dumps(indexes, json_options=EXTENDED_JSON))
+
+
+def index_specs_from_json(value: Any) -> dict[str, list[dict[str, Any]]]:
+    """The inverse of index_specs_to_json (plain JSON of /1 archives reads the same way)."""
+    specs: dict[str, list[dict[str, Any]]] = json_util.loads(
+        json.dumps(value), json_options=EXTENDED_JSON
+    )
+    return specs
 
 
 def split_documents(batch: bytes) -> Iterator[bytes]:
@@ -77,9 +105,9 @@ class ArchiveParser:
             self.header: dict[str, Any] = json.loads(line)
         except ValueError as exc:
             raise BackupVerificationError(f"archive header is not JSON: {exc}") from exc
-        if self.header.get("format") != ARCHIVE_FORMAT:
+        if self.header.get("format") not in READABLE_FORMATS:
             raise BackupVerificationError(
-                f"archive format {self.header.get('format')!r} is not {ARCHIVE_FORMAT!r}"
+                f"archive format {self.header.get('format')!r} is not one of {READABLE_FORMATS}"
             )
 
     def _fill(self, size: int) -> bool:

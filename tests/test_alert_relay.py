@@ -50,13 +50,14 @@ def am_alert(
     alertname: str = "HighErrorRate",
     fingerprint: str = "0123456789abcdef",
     status: str = "firing",
+    starts_at: str = "2025-03-01T11:55:00Z",
     **labels: str,
 ) -> dict[str, Any]:
     return {
         "status": status,
         "labels": {"alertname": alertname, "severity": "critical", **labels},
         "annotations": {"summary": "High error rate detected", "runbook_url": "http://x/rb"},
-        "startsAt": "2025-03-01T11:55:00Z",
+        "startsAt": starts_at,
         "endsAt": "0001-01-01T00:00:00Z",
         "generatorURL": "http://prometheus.example:9090/graph?g0.expr=x",
         "fingerprint": fingerprint,
@@ -273,6 +274,43 @@ def test_repeats_within_the_window_are_deduplicated():
         assert metric(client, "vibeops_relay_alerts_deduplicated_total") == 20
         assert metric(client, "vibeops_relay_alerts_received_total", status="firing") == 20
     assert [e["event"] for e in sink.events] == [EVENT_FIRING, EVENT_RESOLVED]
+
+
+def test_a_refire_after_a_resolve_is_a_new_event_but_its_replays_are_not():
+    """Fire, resolve, fire again (new startsAt) inside one dedupe window: two firing events."""
+    sink = RecordingSink()
+    first = am_alert(starts_at="2025-03-01T11:55:00Z")
+    resolved = am_alert(status="resolved", starts_at="2025-03-01T11:55:00Z")
+    refire = am_alert(starts_at="2025-03-01T11:58:30Z")
+    with client_for(sink) as client:
+
+        def post(alert: dict[str, Any]) -> int:
+            body = webhook(alert, status=alert["status"])
+            response = client.post("/alerts", json=body, headers=auth())
+            assert response.status_code == 200
+            return int(response.json()["emitted"])
+
+        assert post(first) == 1
+        assert post(first) == 0  # Alertmanager's repeat
+        assert post(resolved) == 1
+        assert post(resolved) == 0
+        assert post(refire) == 1  # a genuine re-fire starts its runbook again
+        assert post(refire) == 0  # ... once: its replays emit nothing
+        assert post(first) == 0  # a late replay of the first notification, too
+        assert post(resolved) == 0
+    assert [(e["event"], e["payload"]["startsAt"]) for e in sink.events] == [
+        (EVENT_FIRING, "2025-03-01T11:55:00Z"),
+        (EVENT_RESOLVED, "2025-03-01T11:55:00Z"),
+        (EVENT_FIRING, "2025-03-01T11:58:30Z"),
+    ]
+    assert len({e["id"] for e in sink.events}) == 3
+
+
+def test_alert_dedupe_key_holds_fingerprint_status_and_start():
+    one = parse_webhook(json.dumps(webhook(am_alert(starts_at="2025-03-01T11:55:00Z"))).encode())
+    two = parse_webhook(json.dumps(webhook(am_alert(starts_at="2025-03-01T11:58:30Z"))).encode())
+    assert one.alerts[0].dedupe_key == ("0123456789abcdef", "firing", "2025-03-01T11:55:00Z")
+    assert one.alerts[0].dedupe_key != two.alerts[0].dedupe_key
 
 
 def test_zero_window_disables_dedupe():

@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -374,6 +375,47 @@ def test_a_resolved_alert_starts_no_new_run(
     assert barrier
     runs = [r for r in read_runs_of(deployment_id) if _mentions(r, fingerprint)]
     assert len(runs) == 1
+
+
+def test_an_alert_that_fires_again_after_resolving_starts_its_runbook_again(
+    alertmanager: Alertmanager,
+    alert_deployments: dict[str, UUID],
+    prefect_alert_events: PrefectEventRecorder,
+):
+    """Fire, resolve, fire again (new startsAt) well inside the relay's 300 s dedupe window."""
+    case = unique("refire")
+    labels = {"namespace": "bench", "pod": "runner-2", "case": case}
+    first_start = datetime.now(UTC) - timedelta(seconds=30)
+    alertmanager.post_alerts([make_alert("SlowBenchmarkRun", labels, starts_at=first_start)])
+    fired = prefect_alert_events.wait_for(by_test_label("case", case))[0]
+    fingerprint = fired.resource["alert.fingerprint"]
+    deployment_id = alert_deployments[RUNBOOKS["SlowBenchmarkRun"]]
+    wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint))
+
+    resolved = make_alert("SlowBenchmarkRun", labels, resolved=True, starts_at=first_start)
+    alertmanager.post_alerts([resolved])
+    prefect_alert_events.wait_for(
+        lambda e: by_test_label("case", case)(e) and e.event == "vibeops.alert.resolved"
+    )
+    second_start = datetime.now(UTC)
+    alertmanager.post_alerts([make_alert("SlowBenchmarkRun", labels, starts_at=second_start)])
+    refired = prefect_alert_events.wait_for(
+        lambda e: by_test_label("case", case)(e) and e.event == "vibeops.alert.firing",
+        count=2,
+    )
+    assert refired[1].resource["alert.fingerprint"] == fingerprint
+    assert refired[1].payload["startsAt"] != refired[0].payload["startsAt"]
+    runs = wait_for_runs(deployment_id, lambda r: _mentions(r, fingerprint), count=2)
+    assert len(runs) == 2
+    # Alertmanager keeps re-sending the second firing; those repeats start nothing more
+    time.sleep(4)
+    barrier = _barrier_run(alertmanager, alert_deployments, prefect_alert_events)
+    assert barrier
+    assert len([r for r in read_runs_of(deployment_id) if _mentions(r, fingerprint)]) == 2
+    firing = prefect_alert_events.matching(
+        lambda e: by_test_label("case", case)(e) and e.event == "vibeops.alert.firing"
+    )
+    assert len(firing) == 2
 
 
 def test_an_unknown_alertname_emits_an_event_but_starts_nothing(

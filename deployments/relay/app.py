@@ -54,7 +54,8 @@ class RelaySettings:
     Args:
         token: the bearer token Alertmanager sends (`http_config.authorization.credentials`).
         prefect_api_url: the Prefect API, e.g. `http://127.0.0.1:4200/api`.
-        dedupe_window_seconds: one event per (fingerprint, status) inside this window; 0 disables.
+        dedupe_window_seconds: one event per (fingerprint, status, startsAt) inside this window;
+            0 disables.
         prefect_api_key: Prefect Cloud API key (sent as a bearer token), if any.
         prefect_auth_string: `user:password` for a self-hosted server with basic auth, if any.
     """
@@ -176,7 +177,7 @@ class RelayMetrics:
         )
         self.deduplicated = Counter(
             "vibeops_relay_alerts_deduplicated",
-            "Alerts dropped as repeats of the same fingerprint and status within the window.",
+            "Alerts dropped as repeats of the same fingerprint, status and start within the window.",
             registry=self.registry,
         )
         self.rejected = Counter(

@@ -58,6 +58,7 @@ LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c52-8f0e-4d0b-9a57-0c6f2a0e7d11")
 
 Status = Literal["firing", "resolved"]
+DedupeKey = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,9 @@ class Alert:
         return self.labels.get("alertname", "")
 
     @property
-    def dedupe_key(self) -> tuple[str, str]:
-        return (self.fingerprint, self.status)
+    def dedupe_key(self) -> DedupeKey:
+        """(fingerprint, status, startsAt): a re-fire after a resolve has a new startsAt."""
+        return (self.fingerprint, self.status, self.starts_at)
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,7 @@ def alert_to_event(
 
 @dataclass
 class Deduplicator:
-    """Admits one alert per (fingerprint, status) per window; clock values are seconds.
+    """Admits one alert per key (`Alert.dedupe_key`) per window; clock values are seconds.
 
     `admit` reserves the key at once, so concurrent deliveries of the same alert cannot both
     pass; `release` gives the reservation back when the event could not be delivered, so the
@@ -265,9 +267,9 @@ class Deduplicator:
 
     window_seconds: float
     max_keys: int = 100_000
-    _seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    _seen: dict[DedupeKey, float] = field(default_factory=dict)
 
-    def admit(self, key: tuple[str, str], now: float) -> bool:
+    def admit(self, key: DedupeKey, now: float) -> bool:
         """True when `key` was not admitted within the window (and records it)."""
         if self.window_seconds <= 0:
             return True
@@ -279,7 +281,7 @@ class Deduplicator:
             self.expire(now)
         return True
 
-    def release(self, key: tuple[str, str], admitted_at: float) -> None:
+    def release(self, key: DedupeKey, admitted_at: float) -> None:
         """Forget a reservation made at `admitted_at` (delivery failed)."""
         if self._seen.get(key) == admitted_at:
             del self._seen[key]

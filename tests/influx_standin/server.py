@@ -5,7 +5,7 @@ retentionRules and description, get, delete), /api/v2/write (line protocol; prec
 ns/us/ms/s; gzip), /api/v2/query (the Flux subset in flux.py, as annotated CSV, one table
 per series) and /api/v2/delete (start, stop inclusive, predicate `_measurement="x"`). Token
 auth with the real 401 body. What it lacks: the rest of Flux, retention enforcement, shards,
-field type conflicts, users and permissions (one all-access token), tasks, dashboards.
+users and permissions (one all-access token), tasks, dashboards.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -37,7 +38,9 @@ from tests.influx_standin.lineprotocol import (
     PRECISION_NS,
     FieldValue,
     LineProtocolError,
+    UInt,
     parse_line,
+    split_lines,
 )
 
 Tags = tuple[tuple[str, str], ...]
@@ -54,6 +57,8 @@ class _Error(Exception):
 def _datatype(value: FieldValue) -> str:
     if isinstance(value, bool):
         return "boolean"
+    if isinstance(value, UInt):
+        return "unsignedLong"
     if isinstance(value, int):
         return "long"
     if isinstance(value, float):
@@ -62,9 +67,13 @@ def _datatype(value: FieldValue) -> str:
 
 
 def _text(value: FieldValue) -> str:
+    """A value as Flux's CSV encoder prints it (floats: Go's FormatFloat(v, 'f', -1, 64))."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        text = format(Decimal(repr(value)), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return str(int(value)) if isinstance(value, int) else value
 
 
 def _aggregate(fn: str, values: list[FieldValue]) -> FieldValue:
@@ -91,6 +100,8 @@ class InfluxStandIn:
         self.org_id = secrets.token_hex(8)
         self.buckets: dict[str, dict[str, Any]] = {}
         self.series: dict[str, dict[SeriesKey, dict[int, FieldValue]]] = {}
+        # (measurement, field) -> type per bucket: InfluxDB refuses a second type for a field
+        self.field_types: dict[str, dict[tuple[str, str], str]] = {}
         self.lock = threading.RLock()
         self._sorted: dict[tuple[str, SeriesKey], list[int]] = {}
         self.requests: list[tuple[str, str]] = []
@@ -160,14 +171,25 @@ class InfluxStandIn:
     def write(self, bucket_id: str, body: str, precision: str) -> None:
         now = time.time_ns()
         parsed = []
-        for line in body.splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                try:
-                    parsed.append(parse_line(line, precision, now))
-                except LineProtocolError as exc:
-                    raise _Error(400, "invalid", str(exc)) from exc
+        for line in split_lines(body):
+            try:
+                parsed.append(parse_line(line, precision, now))
+            except LineProtocolError as exc:
+                raise _Error(400, "invalid", str(exc)) from exc
         with self.lock:
             store = self.series[bucket_id]
+            types = self.field_types.setdefault(bucket_id, {})
+            for measurement, _, fields, _ in parsed:
+                for field, value in fields.items():
+                    kind = types.setdefault((measurement, field), _datatype(value))
+                    if kind != _datatype(value):
+                        raise _Error(
+                            422,
+                            "unprocessable entity",
+                            f"failure writing points to database: partial write: field type "
+                            f'conflict: input field "{field}" on measurement "{measurement}" is '
+                            f"type {_datatype(value)}, already exists as type {kind} dropped=1",
+                        )
             for measurement, tags, fields, stamp in parsed:
                 for field, value in fields.items():
                     store[(measurement, tags, field)][stamp] = value
@@ -352,6 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _Error(404, "not found", "bucket not found")
                 if method == "DELETE":
                     del state.buckets[bucket_id], state.series[bucket_id]
+                    state.field_types.pop(bucket_id, None)
                     return self._send(204)
                 return self._json(200, state.buckets[bucket_id])
         if path == "/api/v2/write" and method == "POST":

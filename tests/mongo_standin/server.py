@@ -20,11 +20,20 @@ from typing import Any
 import bson
 from bson import SON, Int64, ObjectId
 from bson.binary import Binary
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.datetime_ms import DatetimeMS
+from bson.max_key import MaxKey
+from bson.min_key import MinKey
 from bson.raw_bson import RawBSONDocument
+from bson.regex import Regex
+from bson.timestamp import Timestamp
 
 from tests.mongo_standin.scram import Credential, ScramConversation
 
 OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+# A server stores any int64 as a date (years before 1 and after 9999 included): decode those
+# as DatetimeMS instead of refusing the document.
+DECODE = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 MAX_WIRE_VERSION = 17
 BATCH_BYTES = 4 << 20
 NO_AUTH_COMMANDS = frozenset(
@@ -51,7 +60,18 @@ def _unauthorized(command: str) -> CommandError:
 
 
 def _bracket(value: Any) -> tuple[int, Any]:
-    """A sort key following MongoDB's type order (null < numbers < strings < ... < dates)."""
+    """A sort key following MongoDB's type order (MinKey < null < numbers < strings < objects <
+    arrays < binary < ObjectId < booleans < dates < timestamps < regexes < MaxKey)."""
+    if isinstance(value, MinKey):
+        return (0, 0)
+    if isinstance(value, MaxKey):
+        return (13, 0)
+    if isinstance(value, DatetimeMS):
+        return (9, int(value))
+    if isinstance(value, Timestamp):
+        return (10, (value.time, value.inc))
+    if isinstance(value, Regex):
+        return (11, (value.pattern, value.flags))
     if value is None:
         return (1, 0)
     if isinstance(value, bool):
@@ -69,8 +89,8 @@ def _bracket(value: Any) -> tuple[int, Any]:
     if isinstance(value, ObjectId):
         return (7, value.binary)
     if isinstance(value, dt.datetime):
-        return (9, value.replace(tzinfo=None))
-    return (10, repr(value))
+        return (9, int(DatetimeMS(value.replace(tzinfo=value.tzinfo or dt.UTC))))
+    return (12, repr(value))
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -132,7 +152,7 @@ class Stored:
 
     def __init__(self, raw: bytes) -> None:
         self.raw = RawBSONDocument(raw)
-        self.decoded: dict[str, Any] = bson.decode(raw)
+        self.decoded: dict[str, Any] = bson.decode(raw, DECODE)
 
 
 def _id_key(value: Any) -> bytes:
@@ -470,7 +490,7 @@ def run_command(
 
 
 def _decode_all(documents: dict[str, list[bytes]], name: str) -> list[dict[str, Any]]:
-    return [bson.decode(raw) for raw in documents.get(name, [])]
+    return [bson.decode(raw, DECODE) for raw in documents.get(name, [])]
 
 
 # -- framing -------------------------------------------------------------------------------------
@@ -500,7 +520,7 @@ def parse_op_msg(data: bytes) -> tuple[int, dict[str, Any], dict[str, list[bytes
         offset += 1
         if kind == 0:
             (length,) = struct.unpack_from("<i", data, offset)
-            body = bson.decode(data[offset : offset + length])
+            body = bson.decode(data[offset : offset + length], DECODE)
             offset += length
         else:
             (length,) = struct.unpack_from("<i", data, offset)
@@ -532,7 +552,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 data = self._read(length - 16)
                 if opcode == OP_QUERY:
                     _, name_end = _cstring(data, 4)
-                    body = bson.decode(_documents(data, name_end + 8, len(data))[0])
+                    body = bson.decode(_documents(data, name_end + 8, len(data))[0], DECODE)
                     db = _cstring(data, 4)[0].split(".", 1)[0]
                     reply = self._answer(state, session, {**body, "$db": db}, {})
                     payload = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(reply)
