@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from prefect.blocks.core import Block
 from pydantic import SecretStr
@@ -17,14 +16,8 @@ from pydantic import SecretStr
 from blocks.backup_store import BackupStore, LocalFolderDestination
 from blocks.mongo import MongoConnection
 from blocks.mysql import MySQLConnection
+from blocks.paths import vibeops_home
 from tasks.errors import ConfigurationError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def vibeops_home() -> Path:
-    """Where local state lives (backups, private servers, drill history)."""
-    return Path(os.environ.get("VIBEOPS_HOME", PROJECT_ROOT / "var")).resolve()
 
 
 def local_mysql_connection(database: str = "vibebench") -> MySQLConnection:

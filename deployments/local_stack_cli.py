@@ -15,7 +15,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from blocks.defaults import PROJECT_ROOT, local_mysql_connection, vibeops_home
+from blocks.defaults import local_mysql_connection
+from blocks.paths import PROJECT_ROOT, vibeops_home
+from deployments.processes import record_process, recorded_address, start_recorded
 from tasks.local_stack import LocalServiceError, PrivateMariaDB, port_open
 
 PREFECT_PORT = int(os.environ.get("VIBEOPS_PREFECT_PORT", "4200"))
@@ -25,7 +27,8 @@ def prefect_api_url() -> str:
     return os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{PREFECT_PORT}/api"
 
 
-def _healthy(api_url: str) -> bool:
+def healthy(api_url: str) -> bool:
+    """The Prefect API at `api_url` answers its health check."""
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:  # noqa: S310
             return bool(json.loads(response.read()))
@@ -36,7 +39,7 @@ def _healthy(api_url: str) -> bool:
 def ensure_prefect_server(timeout_seconds: float = 90) -> str:
     """A Prefect server on SQLite under VIBEOPS_HOME/prefect (started if none answers)."""
     api_url = prefect_api_url()
-    if _healthy(api_url):
+    if healthy(api_url):
         return api_url
     home = vibeops_home() / "prefect"
     home.mkdir(parents=True, exist_ok=True)
@@ -48,8 +51,8 @@ def ensure_prefect_server(timeout_seconds: float = 90) -> str:
         "PREFECT_UI_ENABLED": "true",
     }
     env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "ab")  # noqa: SIM115 (the server outlives this process)
-    subprocess.Popen(
+    start_recorded(
+        "prefect-server",
         [
             sys.executable,
             "-m",
@@ -61,15 +64,14 @@ def ensure_prefect_server(timeout_seconds: float = 90) -> str:
             "--port",
             str(PREFECT_PORT),
         ],
+        log=home / "server.log",
+        address=api_url,
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
         cwd=PROJECT_ROOT,
     )
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        if _healthy(api_url):
+        if healthy(api_url):
             return api_url
         time.sleep(0.5)
     raise LocalServiceError(
@@ -90,6 +92,10 @@ def ensure_mysql() -> tuple[str, int, bool]:
     server = PrivateMariaDB(base_dir=base, **({"port": port} if port else {}))
     server.start()
     port_file.write_text(str(server.port))
+    assert server.process is not None
+    record_process(
+        "mariadb", server.process.pid, address=f"127.0.0.1:{server.port}", log=base / "error.log"
+    )
     return "127.0.0.1", server.port, True
 
 
@@ -115,15 +121,38 @@ def deploy_all(api_url: str, pool: str = "vibeops-process") -> None:
 
 
 def start_worker(api_url: str, pool: str = "vibeops-process") -> Path:
-    """Start a process worker for `pool` in the background; returns its log file."""
+    """Start a process worker for `pool` in the background (recorded); returns its log file."""
     log_path = vibeops_home() / "prefect" / "worker.log"
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    subprocess.Popen(
+    start_recorded(
+        "worker",
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
-        env=env,
-        stdout=open(log_path, "ab"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        log=log_path,
+        address=f"pool {pool} on {api_url}",
+        env={**os.environ, "PREFECT_API_URL": api_url},
         cwd=PROJECT_ROOT,
     )
     return log_path
+
+
+def find_api_url() -> tuple[str | None, list[str]]:
+    """(the first Prefect API that answers, every URL tried).
+
+    Tried in order: PREFECT_API_URL, the server `vibeops up` recorded, the active Prefect
+    profile's API URL, then the default local port.
+    """
+    from prefect.settings import get_current_settings
+
+    candidates = [
+        os.environ.get("PREFECT_API_URL"),
+        recorded_address("prefect-server"),
+        get_current_settings().api.url,
+        f"http://127.0.0.1:{PREFECT_PORT}/api",
+    ]
+    tried: list[str] = []
+    for url in candidates:
+        if not url or url in tried:
+            continue
+        tried.append(url)
+        if healthy(url):
+            return url, tried
+    return None, tried
