@@ -167,20 +167,30 @@ def _flow_runs(api_url: str, flow_name: str) -> list[dict]:
     return [r for r in runs.json() if r["flow_id"] in ids]
 
 
-def test_backup_drill_and_backups_run_on_the_recorded_server_and_show_there(
-    up_server: str, source: str, cli_env: dict, home: Path
-) -> None:
-    backup = vibeops("backup", "--source", source, "--database", source, "--json", env=cli_env)
+@pytest.fixture(scope="module")
+def committed(up_server: str, source: str, home: Path, mysql_root: MySQLConnection) -> dict:
+    """`vibeops backup ... --json` run once, off a terminal, with no PREFECT_API_URL set."""
+    env = _cli_env(home, VIBEOPS_MYSQL_HOST="127.0.0.1", VIBEOPS_MYSQL_PORT=str(mysql_root.port))
+    backup = vibeops("backup", "--source", source, "--database", source, "--json", env=env)
     assert backup.returncode == 0, backup.stderr[-3000:]
-    assert f"Prefect server: {up_server}" in backup.stderr  # found through the record, no env
-    out = json.loads(backup.stdout.strip().splitlines()[-1])
-    assert out["state"] == "COMPLETED" and out["flow"] == "backup-mysql"
-    backup_id = out["result"]["backup_id"]
-    runs = _flow_runs(up_server, "backup-mysql")
-    assert [r["id"] for r in runs] == [out["flow_run_id"]]  # the run lives on that server
-    assert out["ui"] == f"{up_server.removesuffix('/api')}/runs/flow-run/{out['flow_run_id']}"
+    return {"stderr": backup.stderr, **json.loads(backup.stdout.strip().splitlines()[-1])}
 
-    # `vibeops backups` off a terminal: full ids, one unwrapped line per entry, no escapes.
+
+def test_backup_runs_on_the_server_up_recorded_and_shows_there(
+    up_server: str, committed: dict
+) -> None:
+    assert f"Prefect server: {up_server}" in committed["stderr"]  # found through the record
+    assert committed["state"] == "COMPLETED" and committed["flow"] == "backup-mysql"
+    runs = _flow_runs(up_server, "backup-mysql")
+    assert [r["id"] for r in runs] == [committed["flow_run_id"]]  # the run lives on that server
+    ui = f"{up_server.removesuffix('/api')}/runs/flow-run/{committed['flow_run_id']}"
+    assert committed["ui"] == ui
+
+
+def test_backups_lists_full_ids_one_plain_line_each_off_a_terminal(
+    committed: dict, source: str, cli_env: dict
+) -> None:
+    backup_id = committed["result"]["backup_id"]
     listing = vibeops("backups", "--source", source, env=cli_env)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
@@ -193,12 +203,20 @@ def test_backup_drill_and_backups_run_on_the_recorded_server_and_show_there(
         ("local-b", backup_id, "committed"),
     }
 
-    # The plain output prints every region's URI whole, on its own line.
+
+def test_plain_backup_output_prints_each_region_uri_whole(source: str, cli_env: dict) -> None:
     plain = vibeops("backup", "--source", source, "--database", source, env=cli_env)
     assert plain.returncode == 0, plain.stderr[-3000:]
     uris = [line.split(": ", 1)[1] for line in plain.stdout.splitlines() if line.startswith("  ")]
-    assert len(uris) == 2 and all(Path(uri).is_dir() for uri in uris), plain.stdout
+    assert len(uris) == 2, plain.stdout
+    assert all(Path(uri.removeprefix("file://")).is_dir() for uri in uris), plain.stdout
+    assert "backup-mysql: Completed (http://" in plain.stdout
 
+
+def test_drill_takes_the_form_fields_and_passes_on_the_named_backup(
+    up_server: str, committed: dict, source: str, cli_env: dict
+) -> None:
+    backup_id = committed["result"]["backup_id"]
     drill = vibeops(
         "drill", "--source", source, "--backup", backup_id, "--keep-hours", "0",
         "--rto-target", "PT20M", "--json", env=cli_env,
@@ -209,6 +227,8 @@ def test_backup_drill_and_backups_run_on_the_recorded_server_and_show_there(
     assert record["rto_target_seconds"] == 1200
     assert len(_flow_runs(up_server, "restore-drill")) == 1
 
+
+def test_a_failed_drill_exits_non_zero_without_a_traceback(source: str, cli_env: dict) -> None:
     failed = vibeops("drill", "--source", source, "--backup", "1999-01-01", env=cli_env)
     assert failed.returncode == 1, failed
     assert "restore-drill: Failed" in failed.stdout
