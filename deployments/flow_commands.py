@@ -106,14 +106,12 @@ COMMON_OPTIONS = ("kind", "json_output")
 def run_flow(flow: Any, params: BaseModel) -> Any:
     """Call `flow` with `params` and return its final state (never raises on failure).
 
-    Flows take either one model (`params=`) or the model's fields as top-level parameters;
-    both conventions are served here, and only here.
+    The one place that knows how flows take their parameters: the model's fields as
+    keyword arguments (flows/forms.py).
     """
-    if "params" in inspect.signature(flow.fn).parameters:
-        return flow(params=params, return_state=True)
-    return flow(
-        **{name: getattr(params, name) for name in type(params).model_fields}, return_state=True
-    )
+    from flows.forms import params_of
+
+    return flow(**params_of(params), return_state=True)
 
 
 def jsonable(value: Any) -> Any:
