@@ -40,12 +40,24 @@ def run_dir() -> Path:
     return vibeops_home() / "run"
 
 
-def _proc_cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part] or None
+def _proc_cmdline(pid: int, attempts: int = 50) -> list[str] | None:
+    """The command line of a live process (None when it is gone).
+
+    The kernel can answer an empty command line for a live process (seen under memory
+    pressure), so an empty answer is retried for up to ~5 s before it counts.
+    """
+    for _ in range(attempts):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if raw:
+            return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        fields = _proc_stat(pid)
+        if fields is None or fields[0] == "Z":
+            return None
+        time.sleep(0.1)
+    return None
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -91,6 +103,9 @@ def start_recorded(
             start_new_session=True,
             cwd=cwd,
         )
+    deadline = time.monotonic() + 10
+    while _proc_cmdline(process.pid) != list(argv) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the kernel shows the new program's command line
     return record_process(name, process.pid, address=address, log=log)
 
 
