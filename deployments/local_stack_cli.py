@@ -94,7 +94,11 @@ def ensure_mysql() -> tuple[str, int, bool]:
     port_file.write_text(str(server.port))
     assert server.process is not None
     record_process(
-        "mariadb", server.process.pid, address=f"127.0.0.1:{server.port}", log=base / "error.log"
+        "mariadb",
+        server.process.pid,
+        address=f"127.0.0.1:{server.port}",
+        log=base / "error.log",
+        first_signal="SIGTERM",  # mariadbd shuts down on SIGTERM and ignores SIGINT
     )
     return "127.0.0.1", server.port, True
 

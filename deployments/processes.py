@@ -34,6 +34,7 @@ class ProcessRecord:
     started_at: str
     address: str = ""
     log: str = ""
+    first_signal: str = "SIGINT"
 
 
 def run_dir() -> Path:
@@ -110,9 +111,18 @@ def start_recorded(
 
 
 def record_process(
-    name: str, pid: int, *, address: str = "", log: Path | None = None
+    name: str,
+    pid: int,
+    *,
+    address: str = "",
+    log: Path | None = None,
+    first_signal: str = "SIGINT",
 ) -> ProcessRecord:
-    """Record a running process (already exec'd) under `name`."""
+    """Record a running process (already exec'd) under `name`.
+
+    `down` stops it with `first_signal` first: SIGTERM for a server that ignores SIGINT
+    (mariadbd), SIGINT otherwise (a worker under `uv run` ignores SIGTERM to its group).
+    """
     cmdline = _proc_cmdline(pid)
     ticks = _start_ticks(pid)
     if cmdline is None or ticks is None:
@@ -125,6 +135,7 @@ def record_process(
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         address=address,
         log=str(log or ""),
+        first_signal=first_signal,
     )
     run_dir().mkdir(parents=True, exist_ok=True)
     path = run_dir() / f"{name}.json"
@@ -200,11 +211,10 @@ def stop(record: ProcessRecord, timeout_seconds: float = 20) -> str:
     if not matches(record):
         forget(record)
         return "not running (record removed)"
-    for sig, wait in (
-        (signal.SIGINT, timeout_seconds),
-        (signal.SIGTERM, timeout_seconds),
-        (signal.SIGKILL, 10.0),
-    ):
+    first = signal.Signals[record.first_signal]
+    steps = [(first, timeout_seconds)]
+    steps += [(s, timeout_seconds) for s in (signal.SIGINT, signal.SIGTERM) if s != first]
+    for sig, wait in [*steps, (signal.SIGKILL, 10.0)]:
         _signal_group(record, sig)
         if _wait_gone(record, wait):
             forget(record)
