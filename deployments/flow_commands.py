@@ -62,6 +62,10 @@ FLOW_COMMANDS: dict[str, FlowCommand] = {
             ),
         },
     ),
+    "archive-binlogs": FlowCommand(
+        "Run archive-binlogs: copy the closed binary logs to every region (point-in-time).",
+        {"mysql": FlowRef("flows.archive_binlogs", "archive_binlogs", "ArchiveBinlogsParams")},
+    ),
     "cleanup-drills": FlowCommand(
         "Run cleanup-drills: drop expired or abandoned drill targets (dry run by default).",
         {"mysql": FlowRef("flows.restore_drill", "cleanup_drills", "CleanupDrillsParams")},
