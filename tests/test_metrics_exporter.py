@@ -358,6 +358,7 @@ def test_exporter_serves_every_kind_over_http(tmp_path: Path):
             (NOW - timedelta(hours=hours, seconds=-30)).timestamp()
         )
         assert value("vibeops_backup_newest_size_bytes", kind, source) == size
+        assert value("vibeops_backup_newest_duration_seconds", kind, source) == 35  # 5 s + 30 s
     assert value(success, "mysql", mongo) is None  # not a configured source
 
     failure = "vibeops_backup_last_failure_timestamp_seconds"
