@@ -95,7 +95,7 @@ def _shortened(spec: dict[str, Any]) -> dict[str, Any]:
     for trigger in _proactive(spec):
         trigger["within"] = SHORT
         if "window" in (trigger.get("parameters") or {}):
-            trigger["parameters"]["window"] = SHORT
+            trigger["parameters"]["window"] = f"PT{SHORT}S"  # a duration, as in prefect.yaml
     return spec
 
 
