@@ -37,6 +37,20 @@ class PanelSpec:
     queries: tuple[Query, ...]
 
 
+def _drill_against_target(what: str) -> PanelSpec:
+    """`rto` or `rpo` of each source's latest drill, beside the target it is held to."""
+    label = what.upper()
+    return PanelSpec(
+        f"Drill {label} against its target",
+        f"{label} of each source's latest drill, and the target it is held to.",
+        "s",
+        (
+            Query(f"vibeops_drill_{what}_seconds", f"{PER_SOURCE} {label}"),
+            Query(f"vibeops_drill_{what}_target_seconds", f"{PER_SOURCE} target"),
+        ),
+    )
+
+
 ROWS: dict[str, tuple[PanelSpec, ...]] = {
     "Backups": (
         PanelSpec(
@@ -65,26 +79,7 @@ ROWS: dict[str, tuple[PanelSpec, ...]] = {
             (Query("vibeops_recovery_point_age_seconds"),),
         ),
     ),
-    "Restore drills": (
-        PanelSpec(
-            "Drill RTO against its target",
-            "Recovery time of each source's latest drill, and the target it is held to.",
-            "s",
-            (
-                Query("vibeops_drill_rto_seconds", f"{PER_SOURCE} RTO"),
-                Query("vibeops_drill_rto_target_seconds", f"{PER_SOURCE} target"),
-            ),
-        ),
-        PanelSpec(
-            "Drill RPO against its target",
-            "Recovery point of each source's latest drill, and the target it is held to.",
-            "s",
-            (
-                Query("vibeops_drill_rpo_seconds", f"{PER_SOURCE} RPO"),
-                Query("vibeops_drill_rpo_target_seconds", f"{PER_SOURCE} target"),
-            ),
-        ),
-    ),
+    "Restore drills": tuple(_drill_against_target(what) for what in ("rto", "rpo")),
 }
 
 
