@@ -26,7 +26,7 @@ import argparse
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -356,16 +356,7 @@ def merge_failures(
     for status in statuses:
         ref = SourceRef(status.kind, status.source)
         seen.add(ref)
-        merged.append(
-            BackupStatus(
-                kind=status.kind,
-                source=status.source,
-                last_success_at=status.last_success_at,
-                consistent_at=status.consistent_at,
-                size_bytes=status.size_bytes,
-                last_failure_at=failures.get(ref),
-            )
-        )
+        merged.append(replace(status, last_failure_at=failures.get(ref)))
     for ref, when in sorted(failures.items()):
         if ref not in seen:
             merged.append(BackupStatus(kind=ref.kind, source=ref.name, last_failure_at=when))
