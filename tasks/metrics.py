@@ -26,7 +26,7 @@ import argparse
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -103,6 +103,7 @@ class BackupStatus:
     last_success_at: datetime | None = None
     consistent_at: datetime | None = None
     size_bytes: int | None = None
+    duration_seconds: float | None = None
     last_failure_at: datetime | None = None
     # MySQL: newest base + archived binlogs; other kinds: the newest backup's consistent_at.
     recovery_point_at: datetime | None = None
@@ -148,6 +149,11 @@ def backup_families(statuses: Iterable[BackupStatus], now: datetime) -> list[Gau
         "Stored size of the newest committed backup.",
         labels=labels,
     )
+    duration = GaugeMetricFamily(
+        "vibeops_backup_newest_duration_seconds",
+        "How long the newest committed backup took, start to manifest.",
+        labels=labels,
+    )
     failure = GaugeMetricFamily(
         "vibeops_backup_last_failure_timestamp_seconds",
         "When the latest failed or crashed backup run ended (Unix time).",
@@ -168,12 +174,14 @@ def backup_families(statuses: Iterable[BackupStatus], now: datetime) -> list[Gau
             age.add_metric(values, max(0.0, (now - status.consistent_at).total_seconds()))
         if status.size_bytes is not None:
             size.add_metric(values, float(status.size_bytes))
+        if status.duration_seconds is not None:
+            duration.add_metric(values, status.duration_seconds)
         if status.last_failure_at is not None:
             failure.add_metric(values, status.last_failure_at.timestamp())
         if status.recovery_point_at is not None:
             point_age = max(0.0, (now - status.recovery_point_at).total_seconds())
             recovery.add_metric(values, point_age)
-    return [success, consistent, age, size, failure, recovery]
+    return [success, consistent, age, size, duration, failure, recovery]
 
 
 def drill_families(drills: Iterable[DrillStatus]) -> list[GaugeMetricFamily]:
@@ -265,6 +273,7 @@ def read_catalog_statuses(
                 last_success_at=manifest.finished_at,
                 consistent_at=manifest.consistent_at,
                 size_bytes=manifest.total_size,
+                duration_seconds=(manifest.finished_at - manifest.started_at).total_seconds(),
                 recovery_point_at=_recovery_point_at(stores, ref) or manifest.consistent_at,
             )
         )
@@ -347,16 +356,7 @@ def merge_failures(
     for status in statuses:
         ref = SourceRef(status.kind, status.source)
         seen.add(ref)
-        merged.append(
-            BackupStatus(
-                kind=status.kind,
-                source=status.source,
-                last_success_at=status.last_success_at,
-                consistent_at=status.consistent_at,
-                size_bytes=status.size_bytes,
-                last_failure_at=failures.get(ref),
-            )
-        )
+        merged.append(replace(status, last_failure_at=failures.get(ref)))
     for ref, when in sorted(failures.items()):
         if ref not in seen:
             merged.append(BackupStatus(kind=ref.kind, source=ref.name, last_failure_at=when))

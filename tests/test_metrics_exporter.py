@@ -358,6 +358,11 @@ def test_exporter_serves_every_kind_over_http(tmp_path: Path):
             (NOW - timedelta(hours=hours, seconds=-30)).timestamp()
         )
         assert value("vibeops_backup_newest_size_bytes", kind, source) == size
+        assert value("vibeops_backup_newest_duration_seconds", kind, source) == 35  # 5 s + 30 s
+        # Merging Prefect's failures keeps every catalog figure (it dropped the recovery point).
+        assert value("vibeops_recovery_point_age_seconds", kind, source) == pytest.approx(
+            (datetime.now(UTC) - (NOW - timedelta(hours=hours))).total_seconds(), abs=120
+        )
     assert value(success, "mysql", mongo) is None  # not a configured source
 
     failure = "vibeops_backup_last_failure_timestamp_seconds"
