@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.alerting",
     "tests.fixtures.influx",
     "tests.fixtures.mongo",
+    "tests.fixtures.deployments",
 ]
 
 
