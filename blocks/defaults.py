@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from blocks.backup_store import BackupStore, LocalFolderDestination
 from blocks.mongo import MongoConnection
 from blocks.mysql import MySQLConnection
-from tasks.errors import ConfigurationError
+from tasks.errors import missing_block
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,10 +53,12 @@ def _load(block_type: type[Block], name: str, field: str) -> Block:
     try:
         return block_type.load(name)  # type: ignore[return-value]  # sync context: a Block
     except ValueError as exc:
-        raise ConfigurationError(
-            f"{field}: no {block_type.__name__} block named {name!r}; create it with "
-            f"`vibeops setup-blocks` or in the UI (Blocks), or leave {field} empty for the "
-            "embedded default"
+        raise missing_block(
+            field,
+            block_type.get_block_type_name(),
+            block_type.__name__,
+            name,
+            "the embedded default",
         ) from exc
 
 

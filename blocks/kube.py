@@ -57,15 +57,17 @@ class KubeCluster(Block):
 
 def load_cluster(name: str | None) -> KubeCluster:
     """The named KubeCluster block, or the default (in-cluster account / ~/.kube/config)."""
-    from tasks.errors import ConfigurationError
+    from tasks.errors import missing_block
 
     if not name:
         return KubeCluster()
     try:
         return KubeCluster.load(name)  # type: ignore[return-value]
     except ValueError as exc:
-        raise ConfigurationError(
-            f"cluster_block: no KubeCluster block named {name!r}; create one (blocks/kube.py), "
-            "set the alert's `cluster` label to an existing block name, or leave it empty for "
-            "the in-cluster account"
+        raise missing_block(
+            "cluster_block (or the alert's `cluster` label)",
+            KubeCluster.get_block_type_name(),
+            "KubeCluster",
+            name,
+            "the in-cluster account / ~/.kube/config",
         ) from exc
