@@ -25,6 +25,14 @@ pytest_plugins = [
 ]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (the browser test screenshots failed calls)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api():
     """One real Prefect API server (SQLite, temporary) for the whole session."""
