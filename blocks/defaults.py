@@ -95,3 +95,20 @@ def resolve_store(block_name: str | None) -> BackupStore:
     if not block_name:
         return local_backup_store()
     return _load(BackupStore, block_name, "store_block")  # type: ignore[return-value]
+
+
+LOCAL_BLOCKS = ("local-mysql", "local-two-regions", "local-retention-policy")
+
+
+def save_local_blocks() -> tuple[str, ...]:
+    """Save the embedded defaults as blocks, so the UI shows (and edits) them.
+
+    `local-retention-policy` holds the seed's rules: edit it in the UI (Blocks) and name it in
+    purge-retention's `policy_block`. `vibeops up` and `vibeops setup-blocks` call this.
+    """
+    from blocks.retention import RetentionPolicy
+
+    local_mysql_connection().save(LOCAL_BLOCKS[0], overwrite=True)
+    local_backup_store().save(LOCAL_BLOCKS[1], overwrite=True)
+    RetentionPolicy().save(LOCAL_BLOCKS[2], overwrite=True)
+    return LOCAL_BLOCKS

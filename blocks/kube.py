@@ -27,7 +27,6 @@ class KubeCluster(Block):
 
     _block_type_name = "VibeOps Kube Cluster"
     _block_type_slug = "vibeops-kube-cluster"
-    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/assets/block-logos/kubernetes.png"  # type: ignore[assignment]
     _description = "A Kubernetes cluster: credentials, bearer token (secret), smoke-check URLs."
 
     credentials: KubernetesCredentials | None = Field(

@@ -122,3 +122,12 @@ def test_every_form_reads_well_and_carries_its_checks(entrypoint: str) -> None:
     for name in _validated_fields(model) - {"rto_target", "rpo_target", "namespace_timeout"}:
         prop = schema["properties"][name]
         assert {"pattern", "not", "enum", "anyOf"} & set(prop), f"{name}: only checked in Python"
+
+
+def test_blocks_have_no_external_logo_urls() -> None:
+    """The UI works offline: a logo on another host shows as a broken image."""
+    import blocks
+
+    for name in blocks.__all__:
+        block = getattr(blocks, name)
+        assert getattr(block, "_logo_url", None) is None, f"{name} loads its logo from the web"

@@ -72,3 +72,4 @@ def test_a_block_name_that_does_not_exist_names_the_type_and_the_fix(
     assert "Add block" in message and "vibeops setup-blocks" in message
     assert "leave" in message and "empty" in message
     assert isinstance(info.value, MissingConfiguration)
+
