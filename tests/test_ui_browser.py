@@ -230,11 +230,14 @@ def _type(page: Any, title: str, value: str) -> None:
     box.fill(value)
 
 
-def _run_id_from_url(page: Any) -> str:
-    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-    match = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url)
-    assert match, page.url
-    return match.group(1)
+def _new_run(stack: Stack, key: str, before: set[str]) -> str:
+    """The run a click created (the UI then shows the deployment's Runs tab)."""
+    deadline = time.monotonic() + 60
+    while not (created := [r for r in stack.runs_of(key) if r["id"] not in before]):
+        assert time.monotonic() < deadline, f"{key}: the click created no run"
+        time.sleep(1)
+    assert len(created) == 1, created
+    return str(created[0]["id"])
 
 
 def _artifact_text(page: Any, stack: Stack, run_id: str, key_prefix: str) -> str:
@@ -290,10 +293,11 @@ def test_a_drill_from_the_form_keeps_its_rto_target_and_reports_the_verdict(
         )
     assert stack.wait_final(backup["id"])["state"]["type"] == "COMPLETED"
 
+    before = {r["id"] for r in stack.runs_of("restore-drill/weekly")}
     _open_run_form(page, stack, "restore-drill/weekly")
     _type(page, "RTO target", "45m")
     page.get_by_role("button", name="Submit").click()
-    run_id = _run_id_from_url(page)
+    run_id = _new_run(stack, "restore-drill/weekly", before)
     run = stack.wait_final(run_id)
     assert run["parameters"]["rto_target"] == "45m"
     assert run["state"]["type"] == "COMPLETED", run["state"]
@@ -309,11 +313,7 @@ def test_quick_run_of_purge_retention_is_a_dry_run(stack: Stack, page: Any) -> N
     page.goto(f"{stack.url}/deployments/deployment/{stack.deployments[key]['id']}")
     page.get_by_role("button", name="Run").first.click()
     page.get_by_text("Quick run", exact=True).click()
-    deadline = time.monotonic() + 60
-    while not (created := [r for r in stack.runs_of(key) if r["id"] not in before]):
-        assert time.monotonic() < deadline, "Quick run created no run"
-        time.sleep(1)
-    run = stack.wait_final(created[0]["id"])
+    run = stack.wait_final(_new_run(stack, key, before))
     assert run["parameters"].get("dry_run", True) is True
     report = _artifact_text(page, stack, str(UUID(run["id"])), "purge-retention-report")
     assert "dry run (nothing changed)" in report
