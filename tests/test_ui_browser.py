@@ -61,9 +61,11 @@ class Stack:
         return httpx.Client(base_url=self.api, timeout=60)
 
     def runs_of(self, key: str) -> list[dict[str, Any]]:
+        """The deployment's runs that someone started (not the scheduler's upcoming ones)."""
         body = {"deployments": {"id": {"any_": [self.deployments[key]["id"]]}}}
         with self.http() as http:
-            return http.post("/flow_runs/filter", json=body).raise_for_status().json()
+            runs = http.post("/flow_runs/filter", json=body).raise_for_status().json()
+        return [r for r in runs if not r["auto_scheduled"]]
 
     def wait_final(self, run_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + RUN_TIMEOUT
