@@ -313,7 +313,7 @@ def test_quick_run_of_purge_retention_is_a_dry_run(stack: Stack, page: Any) -> N
     key = "purge-retention/daily"
     before = {r["id"] for r in stack.runs_of(key)}
     page.goto(f"{stack.url}/deployments/deployment/{stack.deployments[key]['id']}")
-    page.get_by_role("button", name="Run").first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Quick run", exact=True).click()
     run = stack.wait_final(_new_run(stack, key, before))
     assert run["parameters"].get("dry_run", True) is True
