@@ -16,7 +16,7 @@ from flows.run_names import run_name
 from tasks.backup import build_manifest, commit_manifest, preflight, stream_dump, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.engines import resolve_engine
-from tasks.form_fields import schema_pattern
+from tasks.form_fields import MARIADB_IDENTIFIER, schema_pattern
 from tasks.manifest import (
     SOURCE_NAME,
     BackupManifest,
@@ -24,7 +24,7 @@ from tasks.manifest import (
     new_backup_id,
     validate_source_name,
 )
-from tasks.mysql import IDENTIFIER, quote_identifier
+from tasks.mysql import quote_identifier
 from tasks.storage import open_store
 
 
@@ -38,8 +38,8 @@ class BackupMySQLParams(BaseModel):
     )
     database: str = Field(
         default="vibebench",
-        description="Database to back up (letters, digits, '_', '$', '-').",
-        json_schema_extra=schema_pattern(IDENTIFIER),
+        description="Database to back up (1-64 characters, not ending with a space).",
+        json_schema_extra=schema_pattern(MARIADB_IDENTIFIER),
     )
     connection_block: str = Field(
         default="",

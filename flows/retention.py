@@ -45,11 +45,10 @@ from flows.forms import form
 from flows.run_names import run_name
 from tasks.binlog_retention import backup_sources, plan_backup_rule_with_segments
 from tasks.errors import ConfigurationError, RetentionIncomplete, RetentionPolicyInvalid
-from tasks.form_fields import Duration, schema_pattern
+from tasks.form_fields import MARIADB_IDENTIFIER, Duration, schema_pattern
 from tasks.influx_retention import InfluxTiersRun, count_tier_points, run_influx_tiers
 from tasks.influx_tiers import plan_tiers_rule
 from tasks.mongo import count_expired_documents, purge_expired_documents
-from tasks.mysql import IDENTIFIER
 from tasks.mysql_purge import (
     PurgeProgress,
     TableShape,
@@ -104,7 +103,7 @@ class PurgeRetentionParams(BaseModel):
     database: str = Field(
         default="vibebench",
         description="Database of rules whose table has no 'db.' prefix.",
-        json_schema_extra=schema_pattern(IDENTIFIER),
+        json_schema_extra=schema_pattern(MARIADB_IDENTIFIER),
     )
     store_block: str = Field(
         default="",

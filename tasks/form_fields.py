@@ -18,6 +18,9 @@ DURATION_HELP = "Type a duration such as 30m, 1h, 1h30m, 90s or 2d."
 # What the form accepts: `30m`, `1h30m`, `2d` (ISO 8601 `PT30M` is still read in Python, for
 # runs stored by older deployments, but the form asks for the short form).
 DURATION_PATTERN = r"^([0-9]+[dhms])+$"
+# A name MariaDB accepts (tasks.mysql.identifier_problem): 1-64 characters, no NUL, not
+# ending with whitespace.
+MARIADB_IDENTIFIER = r"^[^\x00]{0,63}[^\x00\s]$"
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _SHORT = re.compile(r"\s*([0-9]+)\s*([dhms])\s*")
 _ISO = re.compile(

@@ -31,7 +31,7 @@ BAD: dict[str, list[Any]] = {
     "tenant": ["admin", "kube-system", "default", "Acme", "a;drop database x", "ab"],
     "source": ["../etc", "a b", "", "-leading-dash", "x" * 65],
     "backup": ["yesterday", "2025-13", "../../x"],
-    "database": ["a/b", "a b", ""],
+    "database": ["", "x" * 65, "trailing "],
     "bucket": ["_monitoring", ""],
     "namespace": ["Bad_NS", "-x", ""],
     "app": ["My App"],
