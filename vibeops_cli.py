@@ -179,13 +179,12 @@ def _archive_binlogs_once(console, conn) -> None:  # type: ignore[no-untyped-def
 
 def _setup_blocks(console: Any) -> None:
     import blocks
-    from blocks.defaults import local_backup_store, local_mysql_connection
+    from blocks.defaults import save_local_blocks
 
     for name in blocks.__all__:
         getattr(blocks, name).register_type_and_schema()
-    local_mysql_connection().save("local-mysql", overwrite=True)
-    local_backup_store().save("local-two-regions", overwrite=True)
-    console.print("blocks registered; saved `local-mysql` and `local-two-regions`")
+    saved = save_local_blocks()
+    console.print("blocks registered; saved " + ", ".join(f"`{name}`" for name in saved))
 
 
 @app.command("setup-blocks")

@@ -17,7 +17,7 @@ from blocks.backup_store import BackupStore, LocalFolderDestination
 from blocks.mongo import MongoConnection
 from blocks.mysql import MySQLConnection
 from blocks.paths import vibeops_home
-from tasks.errors import ConfigurationError
+from tasks.errors import missing_block
 
 
 def local_mysql_connection(database: str = "vibebench") -> MySQLConnection:
@@ -46,10 +46,12 @@ def _load(block_type: type[Block], name: str, field: str) -> Block:
     try:
         return block_type.load(name)  # type: ignore[return-value]  # sync context: a Block
     except ValueError as exc:
-        raise ConfigurationError(
-            f"{field}: no {block_type.__name__} block named {name!r}; create it with "
-            f"`vibeops setup-blocks` or in the UI (Blocks), or leave {field} empty for the "
-            "embedded default"
+        raise missing_block(
+            field,
+            block_type.get_block_type_name(),
+            block_type.__name__,
+            name,
+            "the embedded default",
         ) from exc
 
 
@@ -86,3 +88,20 @@ def resolve_store(block_name: str | None) -> BackupStore:
     if not block_name:
         return local_backup_store()
     return _load(BackupStore, block_name, "store_block")  # type: ignore[return-value]
+
+
+LOCAL_BLOCKS = ("local-mysql", "local-two-regions", "local-retention-policy")
+
+
+def save_local_blocks() -> tuple[str, ...]:
+    """Save the embedded defaults as blocks, so the UI shows (and edits) them.
+
+    `local-retention-policy` holds the seed's rules: edit it in the UI (Blocks) and name it in
+    purge-retention's `policy_block`. `vibeops up` and `vibeops setup-blocks` call this.
+    """
+    from blocks.retention import RetentionPolicy
+
+    local_mysql_connection().save(LOCAL_BLOCKS[0], overwrite=True)
+    local_backup_store().save(LOCAL_BLOCKS[1], overwrite=True)
+    RetentionPolicy().save(LOCAL_BLOCKS[2], overwrite=True)
+    return LOCAL_BLOCKS

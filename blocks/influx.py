@@ -24,7 +24,6 @@ class InfluxConnection(Block):
 
     _block_type_name = "VibeOps InfluxDB Connection"
     _block_type_slug = "vibeops-influxdb-connection"
-    _logo_url = "https://www.influxdata.com/wp-content/uploads/cubo.svg"  # type: ignore[assignment]
     _description = "URL, organization and API token of an InfluxDB 2 server (token as a secret)."
 
     url: str = Field(default="http://127.0.0.1:8086", description="Base URL of the InfluxDB 2 API.")

@@ -27,7 +27,6 @@ class KubeCluster(Block):
 
     _block_type_name = "VibeOps Kube Cluster"
     _block_type_slug = "vibeops-kube-cluster"
-    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/420d0d6a78bb6df1fc18bcf188fdad43c1d22ea9/assets/block-logos/kubernetes.png"  # type: ignore[assignment]
     _description = "A Kubernetes cluster: credentials, bearer token (secret), smoke-check URLs."
 
     credentials: KubernetesCredentials | None = Field(
@@ -57,15 +56,17 @@ class KubeCluster(Block):
 
 def load_cluster(name: str | None) -> KubeCluster:
     """The named KubeCluster block, or the default (in-cluster account / ~/.kube/config)."""
-    from tasks.errors import ConfigurationError
+    from tasks.errors import missing_block
 
     if not name:
         return KubeCluster()
     try:
         return KubeCluster.load(name)  # type: ignore[return-value]
     except ValueError as exc:
-        raise ConfigurationError(
-            f"cluster_block: no KubeCluster block named {name!r}; create one (blocks/kube.py), "
-            "set the alert's `cluster` label to an existing block name, or leave it empty for "
-            "the in-cluster account"
+        raise missing_block(
+            "cluster_block (or the alert's `cluster` label)",
+            KubeCluster.get_block_type_name(),
+            "KubeCluster",
+            name,
+            "the in-cluster account / ~/.kube/config",
         ) from exc

@@ -22,7 +22,6 @@ class MongoConnection(Block):
 
     _block_type_name = "VibeOps MongoDB Connection"
     _block_type_slug = "vibeops-mongodb-connection"
-    _logo_url = "https://www.mongodb.com/assets/images/global/favicon.ico"  # type: ignore[assignment]
     _description = "Host, port and credentials of a MongoDB server (password as a secret)."
 
     host: str = Field(default="127.0.0.1", description="Server host name or IP address.")

@@ -26,7 +26,6 @@ class MySQLConnection(Block):
 
     _block_type_name = "VibeOps MySQL Connection"
     _block_type_slug = "vibeops-mysql-connection"
-    _logo_url = "https://www.mysql.com/common/logos/logo-mysql-170x115.png"  # type: ignore[assignment]
     _description = "Host, port and credentials of a MySQL/MariaDB server (password as a secret)."
 
     host: str = Field(default="127.0.0.1", description="Server host name or IP address.")

@@ -6,7 +6,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
 
 from blocks.kube import KubeCluster
-from tasks.errors import ConfigurationError
+from tasks.errors import missing_block
 from tasks.tenants import DEFAULT_TIERS, NetworkSettings, TierSpec
 
 TIER_NAMES = ("starter", "pro", "enterprise")
@@ -126,9 +126,8 @@ def _load_named(block_type: type[Block], name: str, field: str) -> Block:
     try:
         return block_type.load(name, _sync=True)  # type: ignore[call-arg,return-value]
     except ValueError as exc:
-        raise ConfigurationError(
-            f"{field}: no {block_type.__name__} block named {name!r}; create it in the UI "
-            f"(Blocks) or leave {field} empty for the defaults"
+        raise missing_block(
+            field, block_type.get_block_type_name(), block_type.__name__, name, "the defaults"
         ) from exc
 
 

@@ -26,7 +26,8 @@ from tasks.binlog_catalog import newest_restorable_point_in_regions
 from tasks.binlog_report import ArchiveRun, archived_payload, gap_payload, render_archive_report
 from tasks.binlog_tasks import archive_one, bound_lag, preflight_binlog_archive, read_archive
 from tasks.errors import BinlogGapDetected
-from tasks.manifest import validate_source_name
+from tasks.form_fields import schema_pattern
+from tasks.manifest import SOURCE_NAME, validate_source_name
 from tasks.storage import open_store
 
 
@@ -37,6 +38,7 @@ class ArchiveBinlogsParams(BaseModel):
         default="vibebench",
         description="Logical name of the source (the same as backup-mysql's); segments go under "
         "mysql/SOURCE/binlog/ in every region.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
     connection_block: str = Field(
         default="",

@@ -16,7 +16,14 @@ from flows.run_names import run_name
 from tasks.backup import build_manifest, commit_manifest, preflight, stream_dump, verify_backup
 from tasks.backup_stream import RegionCheck
 from tasks.engines import resolve_engine
-from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
+from tasks.form_fields import MARIADB_IDENTIFIER, schema_pattern
+from tasks.manifest import (
+    SOURCE_NAME,
+    BackupManifest,
+    backup_prefix,
+    new_backup_id,
+    validate_source_name,
+)
 from tasks.mysql import quote_identifier
 from tasks.storage import open_store
 
@@ -26,9 +33,14 @@ class BackupMySQLParams(BaseModel):
 
     source: str = Field(
         default="vibebench",
-        description="Logical name of the source; backups go under mysql/<source>/ in every region.",
+        description="Logical name of the source; backups go under mysql/{source}/ in every region.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
-    database: str = Field(default="vibebench", description="Database to back up.")
+    database: str = Field(
+        default="vibebench",
+        description="Database to back up (1-64 characters, not ending with a space).",
+        json_schema_extra=schema_pattern(MARIADB_IDENTIFIER),
+    )
     connection_block: str = Field(
         default="",
         description="Name of a 'VibeOps MySQL Connection' block; empty = local 127.0.0.1:3306.",

@@ -22,13 +22,20 @@ from flows.forms import form
 from flows.run_names import run_name
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
+from tasks.form_fields import schema_pattern
 from tasks.influx_backup import (
     KIND,
     build_influx_manifest,
     preflight_influx,
     stream_export,
 )
-from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
+from tasks.manifest import (
+    SOURCE_NAME,
+    BackupManifest,
+    backup_prefix,
+    new_backup_id,
+    validate_source_name,
+)
 from tasks.storage import open_store
 
 
@@ -37,9 +44,14 @@ class BackupInfluxParams(BaseModel):
 
     source: str = Field(
         default="vibebench-metrics",
-        description="Logical source name; backups go under influxdb/<source>/ in every region.",
+        description="Logical source name; backups go under influxdb/{source}/ in every region.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
-    bucket: str = Field(default="vibebench", description="InfluxDB bucket to back up.")
+    bucket: str = Field(
+        default="vibebench",
+        description="InfluxDB bucket to back up (a user bucket: not starting with '_').",
+        json_schema_extra=schema_pattern(r"^[^_\s].*$"),
+    )
     connection_block: str = Field(
         default="",
         description="Name of a 'VibeOps InfluxDB Connection' block; empty = VIBEOPS_INFLUX_* "

@@ -22,9 +22,16 @@ from flows.forms import form
 from flows.run_names import run_name
 from tasks.backup import commit_manifest, verify_backup
 from tasks.backup_stream import RegionCheck
-from tasks.manifest import BackupManifest, backup_prefix, new_backup_id, validate_source_name
+from tasks.form_fields import schema_pattern
+from tasks.manifest import (
+    SOURCE_NAME,
+    BackupManifest,
+    backup_prefix,
+    new_backup_id,
+    validate_source_name,
+)
 from tasks.mongo import build_mongo_manifest, preflight_mongo, stream_mongo_dump
-from tasks.mongo_archive import validate_database_name
+from tasks.mongo_archive import MONGO_DATABASE_NAME, validate_database_name
 from tasks.storage import open_store
 
 
@@ -33,9 +40,14 @@ class BackupMongoDBParams(BaseModel):
 
     source: str = Field(
         default="vibebench",
-        description="Logical name of the source; backups go under mongodb/<source>/ in every region.",
+        description="Logical name of the source; backups go under mongodb/{source}/ in every region.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
-    database: str = Field(default="vibebench", description="MongoDB database to back up.")
+    database: str = Field(
+        default="vibebench",
+        description='MongoDB database to back up (1-63 characters, none of / \\ . space " $ * : | ?).',
+        json_schema_extra=schema_pattern(MONGO_DATABASE_NAME),
+    )
     connection_block: str = Field(
         default="",
         description="Name of a 'VibeOps MongoDB Connection' block; empty = local 127.0.0.1:27017.",

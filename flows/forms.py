@@ -14,11 +14,14 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+
+from tasks.form_fields import DURATION_HELP, short_duration
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -60,16 +63,25 @@ def _shown(name: str, info: FieldInfo) -> FieldInfo:
     # Prefect titles each parameter with its name and drops the description; pydantic
     # applies json_schema_extra last, so the human title and the description win.
     shown: dict[str, Any] = {"title": title}
-    if info.description:
-        shown["description"] = info.description
+    description = info.description or ""
+    if _is_duration(info) and DURATION_HELP not in description:
+        description = f"{description} {DURATION_HELP}".strip()
+    if description:
+        shown["description"] = description
+    if _is_duration(info) and isinstance(info.default, timedelta):
+        shown["default"] = short_duration(info.default)
     if info.examples:
         shown["examples"] = info.examples
     return FieldInfo(
         title=title,
-        description=info.description,
+        description=description or None,
         examples=info.examples,
         json_schema_extra={**extra, **shown},
     )
+
+
+def _is_duration(info: FieldInfo) -> bool:
+    return info.annotation is timedelta or info.annotation == timedelta | None
 
 
 def _annotation(name: str, info: FieldInfo) -> Any:

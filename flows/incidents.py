@@ -30,7 +30,10 @@ from tasks.errors import (
     KubernetesApiError,
     RolloutTimeoutError,
 )
+from tasks.form_fields import Duration, schema_pattern
 from tasks.incident_rules import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
     AlertContext,
     IncidentReport,
     RecycleAttempt,
@@ -59,7 +62,10 @@ class IncidentTarget(BaseModel):
     """Where the runbook acts, and whether it only reports."""
 
     namespace: str = Field(
-        default="vibebench", max_length=63, description="Kubernetes namespace of the workload."
+        default="vibebench",
+        max_length=63,
+        description="Kubernetes namespace of the workload.",
+        json_schema_extra=schema_pattern(DNS_LABEL),
     )
     cluster_block: str | None = Field(
         default=None,
@@ -87,8 +93,9 @@ class RestartDeploymentParams(IncidentTarget):
         default="vibebench-core",
         max_length=253,
         description="The Deployment to restart (the seed: vibebench-core-prod).",
+        json_schema_extra=schema_pattern(DNS_SUBDOMAIN),
     )
-    rollout_timeout: timedelta = Field(
+    rollout_timeout: Duration = Field(
         default=timedelta(minutes=10),
         ge=timedelta(seconds=1),
         le=timedelta(hours=1),
@@ -104,14 +111,18 @@ class RestartDeploymentParams(IncidentTarget):
 class RecycleHungPodParams(IncidentTarget):
     """Parameters of recycle-hung-pod (rendered as the UI form)."""
 
-    pod: str = Field(max_length=253, description="The hung pod (the alert's `pod` label).")
+    pod: str = Field(
+        max_length=253,
+        description="The hung pod (the alert's `pod` label).",
+        json_schema_extra=schema_pattern(DNS_SUBDOMAIN),
+    )
     log_lines: int = Field(
         default=200, ge=1, le=5000, description="How many last log lines to keep as an artifact."
     )
     max_attempts: int = Field(
         default=5, ge=1, le=10, description="Delete-and-wait cycles before giving up (seed: 5)."
     )
-    replacement_timeout: timedelta = Field(
+    replacement_timeout: Duration = Field(
         default=timedelta(minutes=3),
         ge=timedelta(seconds=1),
         le=timedelta(hours=1),

@@ -55,8 +55,9 @@ from tasks.errors import (
     StorageError,
     VibeOpsError,
 )
+from tasks.form_fields import Duration, schema_pattern
 from tasks.influx import delete_drill_bucket, read_influx_drill_markers
-from tasks.manifest import BackupManifest
+from tasks.manifest import SOURCE_NAME, BackupManifest
 from tasks.mongo import drop_drill_database, read_mongo_drill_markers
 from tasks.object_diff import markdown_code, markdown_text, object_report_lines
 from tasks.physical import find_leftover_servers, remove_leftover_server, scratch_servers_root
@@ -96,7 +97,9 @@ class RestoreDrillParams(DrillSelection):
     """Parameters of restore-drill (rendered as a form in the Prefect UI)."""
 
     source: str = Field(
-        default="vibebench", description="Logical source name: restores mysql/<source>/ backups."
+        default="vibebench",
+        description="Logical source name: restores mysql/{source}/ backups.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
     drill_server_block: str = Field(
         default="",
@@ -400,8 +403,9 @@ def _history_row(r: DrillRecord) -> dict[str, str]:
     }
 
 
-def _mark(ok: bool) -> str:
-    return "✅" if ok else "❌"
+def _mark(ok: bool, yes: str = "met", no: str = "MISSED") -> str:
+    """A state as a word (readable without an emoji font), then its emoji."""
+    return f"{yes} ✅" if ok else f"{no} ❌"
 
 
 def _report(
@@ -414,7 +418,7 @@ def _report(
 ) -> str:
     params, manifest, stats = drill.params, drill.manifest, drill.stats
     lines = [
-        f"# Restore drill of `{params.source}`: {verdict.label} {_mark(verdict.passed)}",
+        f"# Restore drill of `{params.source}`: {_mark(verdict.passed, 'PASSED', 'FAILED')}",
         "",
         "| objective | measured | target | met |",
         "|---|---|---|---|",
@@ -493,7 +497,7 @@ def _report(
                 f"| {markdown_code(p.table)} | {_num(p.expected_rows)} | {_num(p.actual_rows)} | "
                 f"{p.expected_checksum if p.expected_checksum is not None else '-'} | "
                 f"{p.actual_checksum if p.actual_checksum is not None else '-'} | "
-                f"{_mark(p.ok)}{' ' + p.problem if p.problem else ''} |"
+                f"{_mark(p.ok, 'same', 'DIFFERENT')}{' ' + p.problem if p.problem else ''} |"
             )
         objects = drill.validation.objects
         lines += ["", *object_report_lines(objects.differences, objects.checked, objects.unchecked)]
@@ -565,7 +569,7 @@ class CleanupDrillsParams(BaseModel):
         description="'VibeOps InfluxDB Connection' block whose leftover drill buckets to delete; "
         "unset = skip InfluxDB, empty = VIBEOPS_INFLUX_* environment.",
     )
-    stale_after: timedelta = Field(
+    stale_after: Duration = Field(
         default=timedelta(hours=12),
         ge=timedelta(hours=9),
         description="Drop unkept drill databases and buckets, and this worker's throwaway-server "

@@ -45,6 +45,7 @@ from tasks.errors import (
     StorageError,
     VibeOpsError,
 )
+from tasks.form_fields import Duration, schema_pattern
 from tasks.influx_backup import (
     KIND,
     InfluxBackupSearch,
@@ -57,6 +58,7 @@ from tasks.influx_backup import (
     scratch_bucket_name,
     validate_influx_restore,
 )
+from tasks.manifest import SOURCE_NAME
 from tasks.storage import open_store
 
 
@@ -65,13 +67,14 @@ class RestoreDrillInfluxParams(DrillSelection):
 
     source: str = Field(
         default="vibebench-metrics",
-        description="Logical source name: restores influxdb/<source>/ backups.",
+        description="Logical source name: restores influxdb/{source}/ backups.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
     scratch_database: str = Field(
         default="",
-        description="Scratch bucket; empty = drill_<source>_<backup-id>. Never the source bucket.",
+        description="Scratch bucket; empty = drill_{source}_{backup-id}. Never the source bucket.",
     )
-    rpo_target: timedelta = Field(
+    rpo_target: Duration = Field(
         default=timedelta(hours=25),
         description="Recovery point objective (nightly backups: 25 h).",
     )

@@ -46,7 +46,8 @@ from tasks.errors import (
     StorageError,
     VibeOpsError,
 )
-from tasks.manifest import BackupManifest
+from tasks.form_fields import Duration, schema_pattern
+from tasks.manifest import SOURCE_NAME, BackupManifest
 from tasks.mongo import (
     MAX_INSERT_BATCH,
     SYSTEM_DATABASES,
@@ -66,13 +67,15 @@ class RestoreDrillMongoDBParams(DrillSelection):
     """Parameters of restore-drill-mongodb (rendered as a form in the Prefect UI)."""
 
     source: str = Field(
-        default="vibebench", description="Logical source name: restores mongodb/<source>/ backups."
+        default="vibebench",
+        description="Logical source name: restores mongodb/{source}/ backups.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
     drill_server_block: str = Field(
         default="",
         description="'VibeOps MongoDB Connection' block of the drill server; empty = local.",
     )
-    rpo_target: timedelta = Field(
+    rpo_target: Duration = Field(
         default=timedelta(hours=25), description="Recovery point objective (nightly backups)."
     )
     insert_batch: int = Field(

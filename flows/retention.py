@@ -45,6 +45,7 @@ from flows.forms import form
 from flows.run_names import run_name
 from tasks.binlog_retention import backup_sources, plan_backup_rule_with_segments
 from tasks.errors import ConfigurationError, RetentionIncomplete, RetentionPolicyInvalid
+from tasks.form_fields import MARIADB_IDENTIFIER, Duration, schema_pattern
 from tasks.influx_retention import InfluxTiersRun, count_tier_points, run_influx_tiers
 from tasks.influx_tiers import plan_tiers_rule
 from tasks.mongo import count_expired_documents, purge_expired_documents
@@ -100,7 +101,9 @@ class PurgeRetentionParams(BaseModel):
         description="'VibeOps MySQL Connection' block for table rules; empty = local server.",
     )
     database: str = Field(
-        default="vibebench", description="Database of rules whose table has no 'db.' prefix."
+        default="vibebench",
+        description="Database of rules whose table has no 'db.' prefix.",
+        json_schema_extra=schema_pattern(MARIADB_IDENTIFIER),
     )
     store_block: str = Field(
         default="",
@@ -111,7 +114,9 @@ class PurgeRetentionParams(BaseModel):
     )
     as_of: datetime | None = Field(
         default=None,
-        description="Compute ages as of this instant (UTC); empty = now. Never in the future.",
+        description="Compute ages as of this instant, with its time zone (e.g. "
+        "2025-06-01T00:00:00Z); empty = now. Never in the future.",
+        json_schema_extra=schema_pattern(r"(Z|[+-][0-9]{2}:?[0-9]{2})$"),
     )
     only_rules: list[str] = Field(
         default_factory=list, description="Run only these rule names (empty = every enabled rule)."
@@ -120,7 +125,7 @@ class PurgeRetentionParams(BaseModel):
         default=False,
         description="Allow deleting more than the policy's max_delete_fraction in this run.",
     )
-    time_budget: timedelta = Field(
+    time_budget: Duration = Field(
         default=timedelta(hours=2),
         ge=timedelta(seconds=1),
         le=timedelta(hours=12),

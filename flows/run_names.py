@@ -6,8 +6,14 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-# Prefect names runs it creates with two random words ("smart-hedgehog"); anything else was typed.
-GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+")
+# Names nobody typed: the API's two random words ("smart-hedgehog") and the UI run form's
+# pre-filled Greek letter and star ("chi793-chaya-f", "eta-brinda-cluster"). Anything else
+# was typed by someone and is kept.
+_GREEK = (
+    "alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho|"
+    "sigma|tau|upsilon|phi|chi|psi|omega"
+)
+GENERATED_NAME = re.compile(rf"[a-z]+-[a-z]+|(?:{_GREEK})[0-9]*-[a-z]+(?:-[a-z]+)?")
 
 
 def keeps_typed_name(current: str | None) -> bool:

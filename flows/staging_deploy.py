@@ -41,6 +41,8 @@ from tasks.deploy_lock import deploy_lock
 from tasks.deploy_rules import (
     COLOUR_LABEL,
     DEFAULT_SMOKE_CHECKS,
+    IMAGE_PINNED,
+    IMAGE_REFERENCE,
     PROMOTION_ANNOTATION,
     DeployReport,
     GateDecision,
@@ -65,6 +67,7 @@ from tasks.errors import (
     RolloutTimeoutError,
     SmokeTestFailed,
 )
+from tasks.form_fields import Duration, schema_pattern
 from tasks.kube import (
     annotate_object,
     deploy_image,
@@ -102,7 +105,7 @@ class BackupGate(BaseModel):
     kind: Literal["mysql", "mongodb", "influxdb"] = Field(
         default="mysql", description="Which kind of backup to look for."
     )
-    max_age: timedelta = Field(
+    max_age: Duration = Field(
         default=timedelta(hours=1),
         ge=timedelta(minutes=1),
         le=timedelta(days=7),
@@ -129,8 +132,8 @@ class ClusterTarget(BaseModel):
         default="vibebench-core",
         max_length=50,
         pattern=DNS_LABEL,
-        description="App name: the Deployment (rolling) or <app>-blue/<app>-green and the "
-        "Service <app> (blue-green).",
+        description="App name: the Deployment (rolling) or {app}-blue/{app}-green and the "
+        "Service {app} (blue-green).",
     )
     cluster_block: str | None = Field(
         default=None,
@@ -143,8 +146,14 @@ class DeployStagingParams(ClusterTarget):
     """Parameters of deploy-staging (rendered as the UI form)."""
 
     image: str = Field(
-        description="Image to deploy: registry/repo/name:tag or ...@sha256:<digest>.",
+        description="Image to deploy: registry/repo/name:tag or ...@sha256:{digest}.",
         examples=["gcr.io/vibebench/core:1.4.2"],
+        max_length=512,
+        json_schema_extra={
+            **schema_pattern(IMAGE_REFERENCE),
+            # a repository path and a pinned version, as parse_image_reference requires
+            "allOf": [{"pattern": "/"}, {"pattern": IMAGE_PINNED}],
+        },
     )
     strategy: Literal["rolling", "blue-green"] = Field(
         default="rolling", description="rolling: patch in place; blue-green: idle colour + switch."
@@ -164,19 +173,19 @@ class DeployStagingParams(ClusterTarget):
     smoke_interval_seconds: float = Field(
         default=1.0, ge=0, le=60, description="Pause between smoke rounds."
     )
-    rollout_timeout: timedelta = Field(
+    rollout_timeout: Duration = Field(
         default=timedelta(minutes=10),
         ge=timedelta(seconds=1),
         le=timedelta(hours=1),
         description="How long the new version may take to become ready.",
     )
-    keep_old_colour: timedelta = Field(
+    keep_old_colour: Duration = Field(
         default=timedelta(hours=24),
         ge=timedelta(0),
         le=timedelta(days=7),
         description="Blue-green: how long the previous colour stays up for a quick rollback.",
     )
-    lock_wait: timedelta = Field(
+    lock_wait: Duration = Field(
         default=timedelta(minutes=10),
         ge=timedelta(0),
         le=timedelta(hours=2),
@@ -219,7 +228,7 @@ class RollbackParams(ClusterTarget):
         max_length=500,
         description="Why (an alert name, an incident id); recorded on the cluster and in events.",
     )
-    rollout_timeout: timedelta = Field(
+    rollout_timeout: Duration = Field(
         default=timedelta(minutes=5),
         ge=timedelta(seconds=1),
         le=timedelta(hours=1),

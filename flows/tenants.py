@@ -32,6 +32,7 @@ from tasks.errors import (
     TenantStepFailed,
     TenantUnknown,
 )
+from tasks.form_fields import Duration, not_one_of
 from tasks.tenant_steps import (
     TenantInventory,
     apply_credentials_secret,
@@ -55,6 +56,8 @@ from tasks.tenant_steps import (
 from tasks.tenants import (
     NAME_MAX,
     NAME_MIN,
+    RESERVED_NAMES,
+    RESERVED_PREFIXES,
     Action,
     FieldChange,
     Manifest,
@@ -79,8 +82,12 @@ TENANT_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _TENANT_DESCRIPTION = (
     f"Tenant name: a DNS-1123 label of {NAME_MIN}-{NAME_MAX} characters (a-z, 0-9, '-'), "
     "not reserved (default, kube-*, vibebench, admin, system, ...). Becomes "
-    "<tenant>-vibebench (namespace), <tenant>_vibebench (database), <tenant>.<domain>."
+    "{tenant}-vibebench (namespace), {tenant}_vibebench (database), {tenant}.{domain}."
 )
+
+
+# Reserved names and prefixes, refused by the API before a run exists.
+RESERVED_SCHEMA = not_one_of(sorted(RESERVED_NAMES), RESERVED_PREFIXES)
 
 
 def _tenant_name(value: object) -> str:
@@ -98,6 +105,7 @@ class ProvisionTenantParams(BaseModel):
         min_length=NAME_MIN,
         max_length=NAME_MAX,
         pattern=TENANT_PATTERN,
+        json_schema_extra=RESERVED_SCHEMA,
     )
     tier: Literal["starter", "pro", "enterprise"] = Field(
         default="starter", description="Quota and limits come from this tier (TenantTiers block)."
@@ -136,6 +144,7 @@ class DeprovisionTenantParams(BaseModel):
         min_length=NAME_MIN,
         max_length=NAME_MAX,
         pattern=TENANT_PATTERN,
+        json_schema_extra=RESERVED_SCHEMA,
     )
     dry_run: bool = Field(
         default=True, description="Only plan and report; uncheck (and confirm) to remove."
@@ -149,7 +158,7 @@ class DeprovisionTenantParams(BaseModel):
         default="",
         description="Name of a 'VibeOps Tenant Settings' block; empty = embedded local defaults.",
     )
-    namespace_timeout: timedelta = Field(
+    namespace_timeout: Duration = Field(
         default=timedelta(minutes=5),
         description="How long to wait for the namespace to finish terminating.",
     )

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mariadb-server mariadb-client mariadb-backup mydumper zstd prometheus-alertmanager prometheus)
+APT_PACKAGES=(mariadb-server mariadb-client mariadb-backup mydumper zstd prometheus-alertmanager prometheus chromium fonts-noto-color-emoji)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

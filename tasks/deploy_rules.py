@@ -34,7 +34,9 @@ _DOMAIN = (
     r"(?:localhost|(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)"
     r"(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))+)(?::[0-9]+)?"
 )
-_IMAGE = re.compile(
+# An image reference ends with its tag or digest.
+IMAGE_PINNED = r"(:[\w][\w.-]{0,127}|@sha256:[a-f0-9]{64})$"
+IMAGE_REFERENCE = re.compile(
     rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
     r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
 )
@@ -70,7 +72,7 @@ def parse_image_reference(value: str) -> ImageReference:
         raise ImageReferenceInvalid(f"image {value!r}: must not be empty or padded; {example}")
     if len(text) > 512:
         raise ImageReferenceInvalid(f"image: longer than 512 characters; {example}")
-    match = _IMAGE.match(text)
+    match = IMAGE_REFERENCE.match(text)
     if match is None:
         raise ImageReferenceInvalid(
             f"image {value!r} is not a valid reference (lowercase repository path, optional "

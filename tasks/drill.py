@@ -24,7 +24,14 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from tasks.errors import BackupVerificationError, RestoreTargetRefused, StorageError
-from tasks.manifest import BACKUP_ID, BackupManifest, TableFacts, validate_source_name
+from tasks.form_fields import Duration, schema_pattern
+from tasks.manifest import (
+    BACKUP_ID,
+    SOURCE_NAME,
+    BackupManifest,
+    TableFacts,
+    validate_source_name,
+)
 
 DRILL_PREFIX = "drill_"
 MAX_IDENTIFIER = 64
@@ -32,6 +39,8 @@ MARKER_TABLE = "_vibeops_drill"
 SYSTEM_DATABASES = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 SCRATCH_NAME = re.compile(r"^drill_[a-z0-9_]{1,58}$")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# What `backup` accepts, as one pattern for the form (the day is checked again in Python).
+BACKUP_SELECTOR = r"^(latest|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}|[0-9]{4}-[0-9]{2}-[0-9]{2})$"
 
 
 # -- which backup ------------------------------------------------------------------------------
@@ -115,10 +124,15 @@ class DrillSelection(BaseModel):
     Each store's drill parameters extend it (and may override a default or a description).
     """
 
-    source: str = Field(default="vibebench", description="Logical source name of the backups.")
+    source: str = Field(
+        default="vibebench",
+        description="Logical source name of the backups.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
+    )
     backup: str = Field(
         default="latest",
         description="'latest', a backup id (20250101T020000Z-a1b2c3) or a day (2025-01-01).",
+        json_schema_extra=schema_pattern(BACKUP_SELECTOR),
     )
     store_block: str = Field(
         default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."
@@ -128,12 +142,12 @@ class DrillSelection(BaseModel):
     )
     scratch_database: str = Field(
         default="",
-        description="Scratch database name; empty = drill_<source>_<backup-id>. Never the source.",
+        description="Scratch database name; empty = drill_{source}_{backup-id}. Never the source.",
     )
-    rto_target: timedelta = Field(
+    rto_target: Duration = Field(
         default=timedelta(minutes=30), description="Recovery time objective (seed: 30 min)."
     )
-    rpo_target: timedelta = Field(
+    rpo_target: Duration = Field(
         default=timedelta(hours=1), description="Recovery point objective (seed: 1 h)."
     )
 
@@ -151,7 +165,7 @@ class DrillSelection(BaseModel):
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
-            raise ValueError("targets must be longer than zero, e.g. PT30M")
+            raise ValueError("targets must be longer than zero, e.g. 30m")
         return value
 
 
@@ -175,7 +189,7 @@ def _sanitise(text: str) -> str:
 
 
 def scratch_database_name(source: str, backup_id: str) -> str:
-    """`drill_<source>_<backup-id>`, lower case, `[a-z0-9_]` only, at most 64 characters."""
+    """`drill_{source}_{backup-id}`, lower case, `[a-z0-9_]` only, at most 64 characters."""
     name = f"{DRILL_PREFIX}{_sanitise(source)}_{_sanitise(backup_id)}"
     if len(name) <= MAX_IDENTIFIER:
         return name

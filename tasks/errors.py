@@ -9,6 +9,44 @@ class ConfigurationError(VibeOpsError):
     """A block, parameter or policy is invalid; the message names the field and the fix."""
 
 
+class MissingConfiguration(ConfigurationError):
+    """Something a run needs is not configured; the message names the block to create and where."""
+
+
+class ClusterNotConfigured(MissingConfiguration):
+    """No Kubernetes cluster: no KubeCluster block named, no in-cluster account, no kubeconfig."""
+
+
+class StoreNotConfigured(MissingConfiguration):
+    """The named backup store block does not exist."""
+
+
+class ConnectionNotConfigured(MissingConfiguration):
+    """The named database connection block (MySQL, MongoDB, InfluxDB) does not exist."""
+
+
+# Where blocks are created: the UI page and the command line.
+BLOCKS_HELP = (
+    "create it in the Prefect UI (Blocks > Add block > {block_type}) or with "
+    "`vibeops setup-blocks` (registers the block types) and `{block_class}(...).save(NAME)`"
+)
+
+
+def missing_block(
+    field: str, block_type: str, block_class: str, name: str, default: str
+) -> MissingConfiguration:
+    """The typed error for a block name that does not resolve, naming the fix."""
+    error = {
+        "VibeOps Backup Store": StoreNotConfigured,
+        "VibeOps Kube Cluster": ClusterNotConfigured,
+    }.get(block_type, ConnectionNotConfigured)
+    return error(
+        f"{field}: there is no '{block_type}' block named {name!r}; "
+        + BLOCKS_HELP.format(block_type=block_type, block_class=block_class)
+        + f", or leave {field} empty for {default}"
+    )
+
+
 class ExternalCommandError(VibeOpsError):
     """An external tool (mysqldump, mariadb, ...) exited non-zero."""
 

@@ -45,7 +45,7 @@ from tasks.deploy_rules import (
     RolloutStatus,
     evaluate_rollout,
 )
-from tasks.errors import KubernetesApiError, RolloutTimeoutError
+from tasks.errors import ClusterNotConfigured, KubernetesApiError, RolloutTimeoutError
 
 if TYPE_CHECKING:
     from blocks.kube import KubeCluster
@@ -82,9 +82,19 @@ def api_client(cluster: KubeCluster) -> Iterator[kubernetes.client.ApiClient]:
         try:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(
-                client_configuration=configuration, persist_config=False
-            )
+            try:
+                kubernetes.config.load_kube_config(
+                    client_configuration=configuration, persist_config=False
+                )
+            except kubernetes.config.ConfigException as exc:
+                raise ClusterNotConfigured(
+                    "no Kubernetes cluster is configured: no KubeCluster block was named, this "
+                    "worker has no in-cluster service account and no kubeconfig "
+                    f"({exc}). Create a 'VibeOps Kube Cluster' block in the Prefect UI (Blocks "
+                    "> Add block) or with `vibeops setup-blocks` and "
+                    "`KubeCluster(credentials=...).save(NAME)`, then name it in cluster_block "
+                    "(deploys, runbooks) or in the tenant settings' kube_cluster_block"
+                ) from None
     if cluster.bearer_token is not None:
         configuration.api_key = {
             "authorization": f"Bearer {cluster.bearer_token.get_secret_value()}"

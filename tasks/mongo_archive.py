@@ -195,6 +195,8 @@ def compare_collections(
 
 
 _FORBIDDEN_IN_DATABASE = set('/\\. "$*<>:|?')
+# The same rule as a pattern, for the form's JSON schema.
+MONGO_DATABASE_NAME = r'^[^/\\. "$*<>:|?\x00]{1,63}$'
 
 
 def validate_database_name(name: str) -> str:

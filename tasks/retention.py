@@ -895,16 +895,36 @@ def outcomes_markdown(policy: str, outcomes: Sequence[RuleOutcome], dry_run: boo
     lines = [
         f"# Retention `{policy}`: {title}",
         "",
-        "| rule | status | rows deleted | objects deleted | archived | compressed | bytes "
-        "deleted | bytes archived | bytes saved by gzip | seconds | error |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        # The rule, its state and why come first; counts after (readable at 1366 px).
+        "| rule | status | why | rows deleted | objects deleted | archived | compressed "
+        "| freed | seconds |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    notes: list[str] = []
     for o in outcomes:
-        error = (o.error or "").replace("|", "/").replace("\n", " ")[:300]
+        error = (o.error or "").replace("|", "/").replace("\n", " ")
+        why = error
+        if len(error) > SHORT_CELL:
+            notes.append(f"{len(notes) + 1}. **{o.rule}**: {error}")
+            why = f"{error[: SHORT_CELL - 8].rstrip()}… [{len(notes)}]"
+        freed = human_bytes(o.bytes_deleted + o.bytes_saved)
         lines.append(
-            f"| {o.rule} | {o.status} | {o.rows_deleted} | {o.objects_deleted} "
-            f"| {o.objects_archived} | {o.objects_compressed} | {human_bytes(o.bytes_deleted)} "
-            f"| {human_bytes(o.bytes_archived)} | {human_bytes(o.bytes_saved)} "
-            f"| {o.seconds:.1f} | {error} |"
+            f"| {o.rule} | {STATUS_WORDS.get(o.status, o.status)} | {why or '-'} "
+            f"| {o.rows_deleted} | {o.objects_deleted} | {o.objects_archived} "
+            f"| {o.objects_compressed} | {freed} | {o.seconds:.1f} |"
         )
+    if notes:
+        lines += ["", "**In full**", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+# A table cell longer than this is shortened; the full text follows the table.
+SHORT_CELL = 60
+STATUS_WORDS = {
+    "ok": "done ✅",
+    "dry-run": "dry run",
+    "kept": "kept",
+    "nothing-to-do": "nothing to do",
+    "refused": "REFUSED ⛔",
+    "failed": "FAILED ❌",
+}

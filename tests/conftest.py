@@ -21,7 +21,16 @@ pytest_plugins = [
     "tests.fixtures.alerting",
     "tests.fixtures.influx",
     "tests.fixtures.mongo",
+    "tests.fixtures.deployments",
 ]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (the browser test screenshots failed calls)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
 
 
 @pytest.fixture(scope="session", autouse=True)

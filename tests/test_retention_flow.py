@@ -278,7 +278,7 @@ def test_plan_is_exact_dry_run_changes_nothing_real_run_deletes_exactly_that(wor
         classes = {o.key: o.storage_class for o in store.list_objects("mysql/")}
         archived = set(world.backup_keys("vibebench", 80))
         assert {k for k, c in classes.items() if c == "ARCHIVE"} == archived
-    assert "| mysql-backups | ok | 0 | 22 | 4 | 0 |" in _latest_markdown("purge-retention-report")
+    assert "| mysql-backups | done ✅ | - | 0 | 22 | 4 | 0 |" in _latest_markdown("purge-retention-report")
 
     # idempotent: a second real run plans nothing and changes nothing
     after = world.snapshot()

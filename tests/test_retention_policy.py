@@ -422,7 +422,8 @@ def test_daily_deployment_loads_and_runs_for_real():
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     assert flow.name == "purge-retention"
     params = PurgeRetentionParams.model_validate(deployment["parameters"])
-    assert params.dry_run is False
+    assert params.dry_run is True, "the deployment's defaults are safe (a manual run is dry)"
+    assert deployment["schedules"][0]["parameters"] == {"dry_run": False}, "only the schedule purges"
     assert PurgeRetentionParams().dry_run is True  # manual runs are dry by default
     schema = parameter_schema(flow.fn).model_dump()
     assert schema["properties"]["dry_run"]["default"] is True
