@@ -16,7 +16,9 @@ def test_setup_blocks_registers_every_block_type_and_saves_the_defaults(
 ) -> None:
     monkeypatch.setenv("VIBEOPS_HOME", str(tmp_path))
     setup_blocks()  # `vibeops setup-blocks`, also the first step of `vibeops up`
-    assert "saved `local-mysql` and `local-two-regions`" in capsys.readouterr().out
+    assert "saved `local-mysql`, `local-two-regions`, `local-retention-policy`" in (
+        capsys.readouterr().out
+    )
     with get_client(sync_client=True) as client:
         for name in blocks.__all__:
             slug = getattr(blocks, name).get_block_type_slug()
