@@ -74,6 +74,8 @@ def start_empty_server(scratch: ScratchServer, timeout_s: float = SERVER_START_T
     ]
     if os.geteuid() == 0:
         argv.append("--user=root")
+    # OFF (not DISABLED): events stay off but dumpable, for the copy to a live server.
+    scratch.innodb.setdefault("event-scheduler", "OFF")
     done = subprocess.run(argv, capture_output=True, timeout=timeout_s)
     if done.returncode != 0:
         raise RestoreLoadError(

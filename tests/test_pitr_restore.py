@@ -20,8 +20,9 @@ import pytest
 
 from blocks import MySQLConnection
 from flows.backup import BackupMySQLParams, backup_mysql
+from flows.restore_mysql import RestoreMySQLParams, restore_mysql
 from tasks.binlog_replay import check_fetched_chain, fetch_segments
-from tasks.errors import RecoveryChainBroken
+from tasks.errors import RecoveryChainBroken, RestoreRefused
 from tasks.local_stack import PrivateMariaDB
 from tasks.manifest import BackupManifest
 from tasks.pitr_restore import (
@@ -31,7 +32,7 @@ from tasks.pitr_restore import (
     restore_base_on_server,
 )
 from tasks.storage import ObjectStore, open_store
-from tests.helpers import local_store, save_block
+from tests.helpers import events_of, local_store, run_texts, save_block
 from tests.pitr_fixtures import (
     Archiver,
     Commit,
@@ -56,6 +57,8 @@ class Scenario:
     log: list[Commit]
     cutoff: float  # a whole second between `older` and `newer`, with writes on both sides
     archiver: Archiver
+    connection_block: str
+    store_block: str
 
 
 def _stores(root: Path) -> dict[str, ObjectStore]:
@@ -69,7 +72,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("store")
     try:
         create_writer_table(conn, database)
-        params = dict(
+        params: dict[str, str] = dict(
             source=database,
             database=database,
             connection_block=save_block(conn),
@@ -77,7 +80,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory):
         )
         archiver = Archiver(server, conn, list(_stores(root).values()), database)
         archiver.run()
-        older = backup_mysql(BackupMySQLParams(**params))  # type: ignore[arg-type]
+        older = backup_mysql(BackupMySQLParams(**params))
         writer = Writer(conn, database, rate_per_s=150).start()
         for _ in range(3):
             time.sleep(1.0)
@@ -86,13 +89,25 @@ def scenario(tmp_path_factory: pytest.TempPathFactory):
         while time.time() < cutoff + 1.2:
             time.sleep(0.2)
         archiver.run()
-        newer = backup_mysql(BackupMySQLParams(**params))  # type: ignore[arg-type]
+        newer = backup_mysql(BackupMySQLParams(**params))
         for _ in range(3):
             time.sleep(1.0)
             archiver.run()
         writer.stop()
         archiver.run()
-        yield Scenario(server, conn, database, root, older, newer, writer.log, cutoff, archiver)
+        yield Scenario(
+            server,
+            conn,
+            database,
+            root,
+            older,
+            newer,
+            writer.log,
+            cutoff,
+            archiver,
+            params["connection_block"],
+            params["store_block"],
+        )
     finally:
         server.stop()
 
@@ -128,8 +143,10 @@ def _restore(scenario: Scenario, root: Path, base: BackupManifest, **kwargs):
         outcome = replay_to(
             base, choice.segments, stores, list(REGIONS), restored.connection, **kwargs
         )
-        return outcome, _rows(restored.connection, base.database), _checksum(
-            restored.connection, base.database
+        return (
+            outcome,
+            _rows(restored.connection, base.database),
+            _checksum(restored.connection, base.database),
         )
     finally:
         restored.server.remove()
@@ -193,7 +210,12 @@ def test_chain_proof_fails_when_one_segment_is_removed(scenario: Scenario, tmp_p
         store.delete(middle.manifest_key)
         store.delete(middle.object_key)
     proof = prove_chain(
-        scenario.older, scenario.newer, _stores(root), list(REGIONS), "proof", [scenario.server.port]
+        scenario.older,
+        scenario.newer,
+        _stores(root),
+        list(REGIONS),
+        "proof",
+        [scenario.server.port],
     )
     assert not proof.ok
     assert proof.gap is not None and middle.file in str(proof.gap)
@@ -209,9 +231,7 @@ def test_missing_middle_file_is_refused_before_replay(scenario: Scenario, tmp_pa
         check_fetched_chain(scenario.older.gtid or "", fetched)
 
 
-def test_corrupt_segment_in_one_region_falls_back_to_the_other(
-    scenario: Scenario, tmp_path: Path
-):
+def test_corrupt_segment_in_one_region_falls_back_to_the_other(scenario: Scenario, tmp_path: Path):
     root = _copy_store(scenario, tmp_path)
     _chain, middle = _middle_segment(scenario)
     path = root / "local-a" / middle.object_key
@@ -222,6 +242,150 @@ def test_corrupt_segment_in_one_region_falls_back_to_the_other(
     assert restored == _checksum(scenario.conn, scenario.database)
     used = {f.segment.file: f.region for f in outcome.fetched}
     assert used[middle.file] == "local-b"
-    assert "corrupt" in outcome.fallbacks[middle.file]["local-a"] or "differ" in (
-        outcome.fallbacks[middle.file]["local-a"]
+    assert (
+        "corrupt" in outcome.fallbacks[middle.file]["local-a"]
+        or "differ" in (outcome.fallbacks[middle.file]["local-a"])
     )
+
+
+# -- restore-mysql, the runbook -----------------------------------------------------------------
+
+
+def _sql(conn: MySQLConnection, sql: str, *args: object) -> list[tuple]:
+    db = pymysql.connect(**conn.pymysql_kwargs())
+    try:
+        with db.cursor() as cur:
+            cur.execute(sql, args or None)
+            return list(cur.fetchall())
+    finally:
+        db.close()
+
+
+def _databases(conn: MySQLConnection) -> set[str]:
+    return {str(r[0]) for r in _sql(conn, "SHOW DATABASES")}
+
+
+def _committed(scenario: Scenario, source: str) -> list[str]:
+    from tasks.catalog import committed_backups
+
+    return [m.backup_id for m in committed_backups(_stores(scenario.root)["local-a"], source)]
+
+
+def test_restore_mysql_to_a_time_into_a_new_database(scenario: Scenario):
+    """The runbook end to end, as a restricted user whose password must never leak."""
+    secret = f"Rst-{uuid.uuid4().hex}"
+    _sql(scenario.conn, f"CREATE USER 'restorer'@'127.0.0.1' IDENTIFIED BY '{secret}'")
+    _sql(scenario.conn, "GRANT ALL PRIVILEGES ON *.* TO 'restorer'@'127.0.0.1'")
+    user = MySQLConnection(
+        host="127.0.0.1", port=scenario.server.port, user="restorer", password=secret, database=""
+    )
+    target_db = f"restored_{uuid.uuid4().hex[:6]}"
+    to = datetime.fromtimestamp(scenario.cutoff, UTC)
+    state = restore_mysql(
+        RestoreMySQLParams(
+            source=scenario.database,
+            store_block=scenario.store_block,
+            target_connection_block=save_block(user),
+            target_database=target_db,
+            to=to.isoformat(),
+            dry_run=False,
+        ),
+        return_state=True,
+    )
+    report = state.result()
+    assert report.outcome == "restored" and report.base_id == scenario.older.backup_id
+    rows = _rows(scenario.conn, target_db)
+    must, maybe = expected_state(scenario.log, scenario.cutoff)
+    assert not set(must) - set(rows), "rows committed before T missing"
+    assert not set(rows) - set(must) - maybe, "rows committed after T present"
+    assert all(must[r][0] <= rows[r] <= must[r][1] for r in must)
+    assert report.transactions_replayed > 100 and report.point_reached is not None
+    assert report.point_reached < to and report.rto is not None
+    flow_run_id = state.state_details.flow_run_id
+    texts = run_texts(flow_run_id)
+    assert "point reached" in texts and "Timeline" in texts
+    assert secret not in texts
+    events = events_of("vibeops.restore.restored", flow_run_id)
+    assert events and events[0]["payload"]["transactions_replayed"] == report.transactions_replayed
+
+
+def test_restore_mysql_refuses_a_non_empty_target(scenario: Scenario):
+    before = _checksum(scenario.conn, scenario.database)
+    with pytest.raises(RestoreRefused, match="mode 'replace' with confirm"):
+        restore_mysql(
+            RestoreMySQLParams(
+                source=scenario.database,
+                store_block=scenario.store_block,
+                target_connection_block=scenario.connection_block,
+                target_database=scenario.database,
+                dry_run=False,
+            )
+        )
+    assert _checksum(scenario.conn, scenario.database) == before
+
+
+def _live_copy(scenario: Scenario) -> str:
+    live = f"live_{uuid.uuid4().hex[:6]}"
+    _sql(scenario.conn, f"CREATE DATABASE {live}")
+    _sql(scenario.conn, f"CREATE TABLE {live}.w (id INT PRIMARY KEY, v INT, note VARCHAR(40))")
+    _sql(scenario.conn, f"INSERT INTO {live}.w VALUES (1, 1, 'old'), (2, 2, 'old'), (3, 3, 'old')")
+    _sql(scenario.conn, f"CREATE TABLE {live}.extra (id INT PRIMARY KEY)")
+    return live
+
+
+def test_replace_with_a_wrong_confirm_is_refused_before_anything_changes(scenario: Scenario):
+    live = _live_copy(scenario)
+    databases = _databases(scenario.conn)
+    with pytest.raises(RestoreRefused, match="type its name"):
+        restore_mysql(
+            RestoreMySQLParams(
+                source=scenario.database,
+                store_block=scenario.store_block,
+                target_connection_block=scenario.connection_block,
+                target_database=live,
+                mode="replace",
+                confirm=live.upper(),
+                dry_run=False,
+            )
+        )
+    assert _databases(scenario.conn) == databases
+    assert _committed(scenario, live) == [], "no final backup was taken"
+    assert _sql(scenario.conn, f"SELECT COUNT(*) FROM {live}.w")[0][0] == 3
+
+
+def test_dry_run_is_the_default_and_changes_nothing(scenario: Scenario):
+    target_db = f"restored_{uuid.uuid4().hex[:6]}"
+    report = restore_mysql(
+        RestoreMySQLParams(
+            source=scenario.database,
+            store_block=scenario.store_block,
+            target_connection_block=scenario.connection_block,
+            target_database=target_db,
+        )
+    )
+    assert report.outcome == "planned" and report.base_id == scenario.newer.backup_id
+    assert report.segments >= 3
+    assert target_db not in _databases(scenario.conn)
+
+
+def test_replace_takes_a_final_backup_swaps_and_keeps_the_old_tables(scenario: Scenario):
+    live = _live_copy(scenario)
+    report = restore_mysql(
+        RestoreMySQLParams(
+            source=scenario.database,
+            store_block=scenario.store_block,
+            target_connection_block=scenario.connection_block,
+            target_database=live,
+            mode="replace",
+            confirm=live,
+            dry_run=False,
+        )
+    )
+    assert report.outcome == "restored" and report.final_backup_id is not None
+    assert _committed(scenario, live) == [report.final_backup_id]
+    assert _checksum(scenario.conn, live) == _checksum(scenario.conn, scenario.database)
+    assert report.kept_as is not None and report.kept_as.startswith(f"{live}__before_")
+    kept = {str(r[0]) for r in _sql(scenario.conn, f"SHOW TABLES FROM {report.kept_as}")}
+    assert kept == {"w", "extra"}
+    assert _sql(scenario.conn, f"SELECT COUNT(*) FROM {report.kept_as}.w")[0][0] == 3
+    assert not [d for d in _databases(scenario.conn) if d.startswith(f"{live}__restore_")]
