@@ -236,6 +236,26 @@ def replay_to(
     return ReplayOutcome(fetched, plan, result, fetch_s, check_s)
 
 
+def replay_lines(outcome: ReplayOutcome | None, gap: ChainGap | None) -> list[str]:
+    """Report lines about the replay stage (empty when nothing was replayed)."""
+    lines = []
+    if outcome is not None:
+        result = outcome.result
+        reached = f"{result.point_at:%Y-%m-%d %H:%M:%S} UTC" if result.point_at else "the base"
+        lines.append(
+            f"Replayed {result.transactions:,} transaction(s) from {len(outcome.fetched)} archived "
+            f"segment(s) ({result.binlog_bytes / 1e6:,.1f} MB of binlog) in {result.seconds:.1f}s, "
+            f"up to {reached} (GTID {result.stop_gtid or '-'}), binary logging off on the target."
+        )
+        for file, failures in outcome.fallbacks.items():
+            lines.append(
+                f"- segment {file}: skipped copies in {', '.join(failures)} (corrupt or unreadable)"
+            )
+    if gap is not None:
+        lines.append(f"**The archived chain stops early:** {gap}")
+    return [*lines, ""] if lines else []
+
+
 # -- chain proof -------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from blocks import MySQLConnection
 from flows.backup import BackupMySQLParams, backup_mysql
+from flows.restore_drill import RestoreDrillParams, restore_drill
 from flows.restore_mysql import RestoreMySQLParams, restore_mysql
 from tasks.binlog_replay import check_fetched_chain, fetch_segments
 from tasks.errors import RecoveryChainBroken, RestoreRefused
@@ -389,3 +390,35 @@ def test_replace_takes_a_final_backup_swaps_and_keeps_the_old_tables(scenario: S
     assert kept == {"w", "extra"}
     assert _sql(scenario.conn, f"SELECT COUNT(*) FROM {report.kept_as}.w")[0][0] == 3
     assert not [d for d in _databases(scenario.conn) if d.startswith(f"{live}__restore_")]
+
+
+# -- restore-drill replays ---------------------------------------------------------------------
+
+
+def test_restore_drill_replays_the_archive_and_measures_rpo_to_the_last_event(
+    scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("VIBEOPS_HOME", str(tmp_path / "home"))
+    source_before = _checksum(scenario.conn, scenario.database)
+    databases = _databases(scenario.conn)
+    state = restore_drill(
+        RestoreDrillParams(
+            source=scenario.database,
+            store_block=scenario.store_block,
+            drill_server_block=scenario.connection_block,
+        ),
+        return_state=True,
+    )
+    record = state.result()
+    assert record.passed, record.reasons
+    assert record.backup_id == scenario.newer.backup_id
+    last = max(s.last_event_at for s in scenario.archiver.archived.values() if s.last_event_at)
+    expected_rpo = (record.started_at - last).total_seconds()
+    assert record.rpo_seconds is not None
+    assert abs(record.rpo_seconds - expected_rpo) < 1.0, (record.rpo_seconds, expected_rpo)
+    assert record.rpo_seconds < (record.started_at - scenario.newer.consistent_at).total_seconds()
+    assert record.phases.get("replay", 0) > 0
+    assert "Replayed" in run_texts(state.state_details.flow_run_id)
+    # the source and its server are untouched: no scratch database, same data
+    assert _databases(scenario.conn) == databases
+    assert _checksum(scenario.conn, scenario.database) == source_before
