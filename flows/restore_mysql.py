@@ -16,8 +16,9 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field, field_validator
 
 from blocks.defaults import resolve_mysql, resolve_store
-from flows.backup import BackupMySQLParams, backup_mysql
-from flows.run_names import named_by_source
+from flows.backup import backup_mysql
+from flows.forms import form
+from flows.run_names import run_name
 from tasks.drill import region_try_order
 from tasks.errors import ConfigurationError, RestoreRefused, VibeOpsError
 from tasks.manifest import validate_source_name
@@ -109,19 +110,19 @@ def _resource(source: str) -> dict[str, str]:
 
 @flow(
     name="restore-mysql",
-    flow_run_name=named_by_source("restore-mysql", RestoreMySQLParams),
+    flow_run_name=run_name("restore-mysql-{source}"),
     description="Restore a MySQL base backup plus archived binlogs up to a point, into a new "
     "database or (confirmed, after a final backup) in place of a live one.",
     timeout_seconds=8 * 3600,
 )
-def restore_mysql(params: RestoreMySQLParams | None = None) -> RestoreReport:
+@form(RestoreMySQLParams)
+def restore_mysql(params: RestoreMySQLParams) -> RestoreReport:
     """Run the Recovery Procedure.
 
     Raises:
         RestoreRefused: before anything changed (non-empty target, confirm mismatch).
         VibeOpsError: a step failed (after the report and the failure event).
     """
-    params = params or RestoreMySQLParams()
     if not params.target_database:
         raise ConfigurationError(
             "target_database is required: the database to restore into (mode 'new': a new or "
@@ -169,14 +170,12 @@ def restore_mysql(params: RestoreMySQLParams | None = None) -> RestoreReport:
             if params.mode == "replace":
                 # Kept with the source's backups when it is the source's own database.
                 final = backup_mysql(
-                    BackupMySQLParams(
-                        source=params.source
-                        if params.target_database == base.database
-                        else params.target_database,
-                        database=params.target_database,
-                        connection_block=params.target_connection_block,
-                        store_block=params.store_block,
-                    )
+                    source=params.source
+                    if params.target_database == base.database
+                    else params.target_database,
+                    database=params.target_database,
+                    connection_block=params.target_connection_block,
+                    store_block=params.store_block,
                 )
                 report.final_backup_id = final.backup_id
                 report.step(f"final backup {final.backup_id} of {params.target_database}")

@@ -1,8 +1,5 @@
-"""A private MariaDB with binary logging, a writer that logs its own commits, and an archiver.
-
-The archiver here copies closed binlog files straight from the server's folder into segment
-objects (the PITR contract's layout), so replay tests do not depend on archive-binlogs.
-"""
+"""A private MariaDB with binary logging, a writer that logs its own commits, and an archiver
+(the real archive-binlogs flow)."""
 
 from __future__ import annotations
 
@@ -10,23 +7,16 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 
 import pymysql
-import zstandard
 
 from blocks import MySQLConnection
-from tasks.binlog_events import format_gtid_list, read_binlog_summary
-from tasks.binlog_manifest import (
-    SegmentManifest,
-    binlog_index,
-    segment_manifest_key,
-    segment_prefix,
-    sequence_name,
-)
+from flows.archive_binlogs import archive_binlogs
+from tasks.binlog_catalog import list_segments
+from tasks.binlog_manifest import SegmentManifest
 from tasks.local_stack import PrivateMariaDB
-from tasks.manifest import RegionCopy, StoredObject
 from tasks.storage import ObjectStore
 
 
@@ -127,68 +117,25 @@ def create_writer_table(conn: MySQLConnection, database: str) -> None:
 
 @dataclass
 class Archiver:
-    """Copies every closed binlog file of a private server into segment objects."""
+    """Runs the real archive-binlogs flow, flushing whatever the active binlog holds."""
 
-    server: PrivateMariaDB
-    conn: MySQLConnection
+    connection_block: str
+    store_block: str
     stores: list[ObjectStore]
     source: str
-    sequence: str | None = None
-    archived: dict[str, SegmentManifest] = field(default_factory=dict)
 
-    def run(self, flush: bool = True) -> list[SegmentManifest]:
-        db = pymysql.connect(**self.conn.pymysql_kwargs())
-        with db.cursor() as cur:
-            if flush:
-                cur.execute("FLUSH BINARY LOGS")
-            cur.execute("SHOW BINARY LOGS")
-            files = [str(row[0]) for row in cur.fetchall()][:-1]  # all but the open one
-        db.close()
-        new = []
-        for name in files:
-            if name in self.archived:
-                continue
-            raw = (self.server.base_dir / name).read_bytes()
-            with open(self.server.base_dir / name, "rb") as handle:
-                summary = read_binlog_summary(handle)
-            assert summary.created_at is not None
-            if self.sequence is None:
-                self.sequence = sequence_name(summary.server_id, summary.created_at)
-            prefix = segment_prefix(self.source, self.sequence)
-            packed = zstandard.ZstdCompressor(level=3).compress(raw)
-            import hashlib
+    def run(self) -> None:
+        archive_binlogs(
+            source=self.source,
+            connection_block=self.connection_block,
+            store_block=self.store_block,
+            max_lag=timedelta(seconds=1),
+            schedule_interval=timedelta(seconds=1),
+        )
 
-            segment = SegmentManifest(
-                source=self.source,
-                sequence=self.sequence,
-                server_id=summary.server_id,
-                file=name,
-                index=binlog_index(name),
-                end_position=len(raw),
-                raw_size=len(raw),
-                raw_sha256=hashlib.sha256(raw).hexdigest(),
-                object=StoredObject(
-                    name=f"{name}.zst",
-                    size=len(packed),
-                    sha256=hashlib.sha256(packed).hexdigest(),
-                    uncompressed_size=len(raw),
-                ),
-                gtid_list_start=format_gtid_list(summary.gtid_list_start),
-                gtid_last=format_gtid_list(summary.gtid_last),
-                transactions=summary.transactions,
-                first_event_at=summary.first_event_at,
-                last_event_at=summary.last_event_at,
-                file_created_at=summary.created_at,
-                archived_at=datetime.now(UTC),
-                regions=[RegionCopy(region=s.region, uri=s.uri(prefix)) for s in self.stores],
-                prefix=prefix,
-            )
-            for store in self.stores:
-                store.write_bytes(segment.object_key, packed)
-                store.write_bytes(segment_manifest_key(prefix, name), segment.to_json())
-            self.archived[name] = segment
-            new.append(segment)
-        return new
+    @property
+    def archived(self) -> dict[str, SegmentManifest]:
+        return {s.file: s for s in list_segments(self.stores[0], self.source)}
 
 
 def start_binlog_server(base_dir: Path) -> tuple[PrivateMariaDB, MySQLConnection]:

@@ -19,9 +19,9 @@ import pymysql
 import pytest
 
 from blocks import MySQLConnection
-from flows.backup import BackupMySQLParams, backup_mysql
-from flows.restore_drill import RestoreDrillParams, restore_drill
-from flows.restore_mysql import RestoreMySQLParams, restore_mysql
+from flows.backup import backup_mysql
+from flows.restore_drill import restore_drill
+from flows.restore_mysql import restore_mysql
 from tasks.binlog_replay import check_fetched_chain, fetch_segments
 from tasks.errors import RecoveryChainBroken, RestoreRefused
 from tasks.local_stack import PrivateMariaDB
@@ -79,9 +79,14 @@ def scenario(tmp_path_factory: pytest.TempPathFactory):
             connection_block=save_block(conn),
             store_block=save_block(local_store(root, REGIONS)),
         )
-        archiver = Archiver(server, conn, list(_stores(root).values()), database)
+        archiver = Archiver(
+            params["connection_block"],
+            params["store_block"],
+            list(_stores(root).values()),
+            database,
+        )
         archiver.run()
-        older = backup_mysql(BackupMySQLParams(**params))
+        older = backup_mysql(**params)
         writer = Writer(conn, database, rate_per_s=150).start()
         for _ in range(3):
             time.sleep(1.0)
@@ -90,7 +95,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory):
         while time.time() < cutoff + 1.2:
             time.sleep(0.2)
         archiver.run()
-        newer = backup_mysql(BackupMySQLParams(**params))
+        newer = backup_mysql(**params)
         for _ in range(3):
             time.sleep(1.0)
             archiver.run()
@@ -283,14 +288,12 @@ def test_restore_mysql_to_a_time_into_a_new_database(scenario: Scenario):
     target_db = f"restored_{uuid.uuid4().hex[:6]}"
     to = datetime.fromtimestamp(scenario.cutoff, UTC)
     state = restore_mysql(
-        RestoreMySQLParams(
-            source=scenario.database,
-            store_block=scenario.store_block,
-            target_connection_block=save_block(user),
-            target_database=target_db,
-            to=to.isoformat(),
-            dry_run=False,
-        ),
+        source=scenario.database,
+        store_block=scenario.store_block,
+        target_connection_block=save_block(user),
+        target_database=target_db,
+        to=to.isoformat(),
+        dry_run=False,
         return_state=True,
     )
     report = state.result()
@@ -314,13 +317,11 @@ def test_restore_mysql_refuses_a_non_empty_target(scenario: Scenario):
     before = _checksum(scenario.conn, scenario.database)
     with pytest.raises(RestoreRefused, match="mode 'replace' with confirm"):
         restore_mysql(
-            RestoreMySQLParams(
-                source=scenario.database,
-                store_block=scenario.store_block,
-                target_connection_block=scenario.connection_block,
-                target_database=scenario.database,
-                dry_run=False,
-            )
+            source=scenario.database,
+            store_block=scenario.store_block,
+            target_connection_block=scenario.connection_block,
+            target_database=scenario.database,
+            dry_run=False,
         )
     assert _checksum(scenario.conn, scenario.database) == before
 
@@ -339,15 +340,13 @@ def test_replace_with_a_wrong_confirm_is_refused_before_anything_changes(scenari
     databases = _databases(scenario.conn)
     with pytest.raises(RestoreRefused, match="type its name"):
         restore_mysql(
-            RestoreMySQLParams(
-                source=scenario.database,
-                store_block=scenario.store_block,
-                target_connection_block=scenario.connection_block,
-                target_database=live,
-                mode="replace",
-                confirm=live.upper(),
-                dry_run=False,
-            )
+            source=scenario.database,
+            store_block=scenario.store_block,
+            target_connection_block=scenario.connection_block,
+            target_database=live,
+            mode="replace",
+            confirm=live.upper(),
+            dry_run=False,
         )
     assert _databases(scenario.conn) == databases
     assert _committed(scenario, live) == [], "no final backup was taken"
@@ -357,12 +356,10 @@ def test_replace_with_a_wrong_confirm_is_refused_before_anything_changes(scenari
 def test_dry_run_is_the_default_and_changes_nothing(scenario: Scenario):
     target_db = f"restored_{uuid.uuid4().hex[:6]}"
     report = restore_mysql(
-        RestoreMySQLParams(
-            source=scenario.database,
-            store_block=scenario.store_block,
-            target_connection_block=scenario.connection_block,
-            target_database=target_db,
-        )
+        source=scenario.database,
+        store_block=scenario.store_block,
+        target_connection_block=scenario.connection_block,
+        target_database=target_db,
     )
     assert report.outcome == "planned" and report.base_id == scenario.newer.backup_id
     assert report.segments >= 3
@@ -372,15 +369,13 @@ def test_dry_run_is_the_default_and_changes_nothing(scenario: Scenario):
 def test_replace_takes_a_final_backup_swaps_and_keeps_the_old_tables(scenario: Scenario):
     live = _live_copy(scenario)
     report = restore_mysql(
-        RestoreMySQLParams(
-            source=scenario.database,
-            store_block=scenario.store_block,
-            target_connection_block=scenario.connection_block,
-            target_database=live,
-            mode="replace",
-            confirm=live,
-            dry_run=False,
-        )
+        source=scenario.database,
+        store_block=scenario.store_block,
+        target_connection_block=scenario.connection_block,
+        target_database=live,
+        mode="replace",
+        confirm=live,
+        dry_run=False,
     )
     assert report.outcome == "restored" and report.final_backup_id is not None
     assert _committed(scenario, live) == [report.final_backup_id]
@@ -402,11 +397,9 @@ def test_restore_drill_replays_the_archive_and_measures_rpo_to_the_last_event(
     source_before = _checksum(scenario.conn, scenario.database)
     databases = _databases(scenario.conn)
     state = restore_drill(
-        RestoreDrillParams(
-            source=scenario.database,
-            store_block=scenario.store_block,
-            drill_server_block=scenario.connection_block,
-        ),
+        source=scenario.database,
+        store_block=scenario.store_block,
+        drill_server_block=scenario.connection_block,
         return_state=True,
     )
     record = state.result()
