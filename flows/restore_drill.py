@@ -61,9 +61,12 @@ from tasks.mongo import drop_drill_database, read_mongo_drill_markers
 from tasks.object_diff import markdown_code, markdown_text, object_report_lines
 from tasks.physical import find_leftover_servers, remove_leftover_server, scratch_servers_root
 from tasks.pitr_restore import (
+    ChainProof,
     ReplayOutcome,
     SegmentChoice,
     choose_segments,
+    proof_lines,
+    prove_chain_task,
     replay_lines,
     replay_task,
     restore_base_task,
@@ -124,6 +127,12 @@ class RestoreDrillParams(DrillSelection):
         default=DEFAULT_EXPECTATIONS,
         description="YAML expectation suite, relative to the project folder.",
     )
+    prove_chain: bool = Field(
+        default=False,
+        description="Also restore the previous base, replay it to this base's position and "
+        "compare every table's rows and CHECKSUM TABLE with this base's manifest (about doubles "
+        "the drill's work; not counted in the RTO).",
+    )
     replay_binlogs: bool = Field(
         default=True,
         description="Replay the archived binlogs after the base (on a throwaway server) so the "
@@ -149,6 +158,7 @@ class _Drill:
     scratch_fate: str = "not created"
     engine_rto: list[EngineRto] = field(default_factory=list)
     replay: ReplayOutcome | None = None
+    proof: ChainProof | None = None
     chain: SegmentChoice | None = None
 
     @property
@@ -288,6 +298,12 @@ def restore_drill(params: RestoreDrillParams) -> DrillRecord:
                 )
                 drill.phases["replay"] = time.perf_counter() - clock
             drill.validated_at = datetime.now(UTC)
+            if params.prove_chain:
+                drill.proof = prove_chain_task(
+                    manifest, stores, order, f"{drill.scratch}_proof", [server.port]
+                )
+                if drill.proof is not None and not drill.proof.ok:
+                    drill.problems += [f"chain proof: {p}" for p in drill.proof.problems]
             if params.keep_hours and target.kind == "scratch-database":
                 status = "passed" if drill.validation.ok else "failed"
                 kept_until = keep_scratch(
@@ -482,6 +498,7 @@ def _report(
             "",
         ]
     lines += replay_lines(drill.replay, drill.chain.gap if drill.chain else None)
+    lines += proof_lines(drill.proof)
     if drill.search and drill.search.choice and drill.search.choice.skipped:
         lines += [
             "Newer backups skipped (no readable manifest: interrupted or uncommitted): "

@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from blocks.mysql import MySQLConnection
 from tasks.binlog_catalog import ChainGap, list_segments, recovery_chain
+from tasks.binlog_events import gtid_covered, parse_gtid_list
 from tasks.binlog_manifest import SegmentManifest
 from tasks.binlog_replay import (
     FetchedSegment,
@@ -37,6 +38,7 @@ from tasks.binlog_replay import (
     plan_replay,
     replay,
 )
+from tasks.catalog import committed_backups
 from tasks.drill import TableParity, compare_tables
 from tasks.engines import require
 from tasks.errors import (
@@ -305,6 +307,67 @@ def prove_chain(
     finally:
         base.server.remove()
     return ChainProof(older.backup_id, newer.backup_id, parity, outcome, choice.gap)
+
+
+def older_base_for_proof(
+    stores: dict[str, ObjectStore], order: Sequence[str], newer: BackupManifest
+) -> BackupManifest | None:
+    """The newest base older than `newer` whose archived chain reaches `newer`'s GTID."""
+    if not newer.gtid:
+        return None
+    seen: dict[str, BackupManifest] = {}
+    for region in order:
+        with contextlib.suppress(Exception):
+            for manifest in committed_backups(stores[region], newer.source, "mysql"):
+                seen.setdefault(manifest.backup_id, manifest)
+    target = parse_gtid_list(newer.gtid)
+    for base in sorted(seen.values(), key=lambda m: m.consistent_at, reverse=True):
+        if base.consistent_at >= newer.consistent_at or not base.gtid:
+            continue
+        chain = choose_segments(stores, order, base)
+        reached = chain.segments[-1].gtid_last if chain.segments else ""
+        if chain.segments and gtid_covered(parse_gtid_list(reached), target):
+            return base
+    return None
+
+
+def proof_lines(proof: ChainProof | None) -> list[str]:
+    """Report lines about the chain proof."""
+    if proof is None:
+        return []
+    verdict = "passed ✅" if proof.ok else "FAILED ❌"
+    lines = [
+        f"Chain proof {verdict}: base `{proof.older}` replayed to `{proof.newer}`'s GTID "
+        f"({proof.replay.result.transactions if proof.replay else 0:,} transactions), "
+        f"{sum(p.ok for p in proof.parity)}/{len(proof.parity)} tables match its manifest "
+        "(rows and CHECKSUM TABLE).",
+    ]
+    return [*lines, *[f"- {problem}" for problem in proof.problems[:10]], ""]
+
+
+@task(cache_policy=NO_CACHE, name="prove-binlog-chain")
+def prove_chain_task(
+    newer: BackupManifest,
+    stores: dict[str, ObjectStore],
+    order: list[str],
+    name: str,
+    protected_ports: list[int],
+) -> ChainProof | None:
+    """Replay an older base to `newer`'s position and compare (None: no older base reaches it)."""
+    older = older_base_for_proof(stores, order, newer)
+    if older is None:
+        get_run_logger().info(
+            "chain proof skipped: no older base whose chain reaches %s", newer.backup_id
+        )
+        return None
+    proof = prove_chain(older, newer, stores, order, name, protected_ports)
+    get_run_logger().info(
+        "chain proof %s -> %s: %s",
+        older.backup_id,
+        newer.backup_id,
+        "ok" if proof.ok else proof.problems,
+    )
+    return proof
 
 
 # -- a renamed copy on another server ---------------------------------------------------------

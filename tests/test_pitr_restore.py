@@ -400,6 +400,7 @@ def test_restore_drill_replays_the_archive_and_measures_rpo_to_the_last_event(
         source=scenario.database,
         store_block=scenario.store_block,
         drill_server_block=scenario.connection_block,
+        prove_chain=True,
         return_state=True,
     )
     record = state.result()
@@ -411,7 +412,9 @@ def test_restore_drill_replays_the_archive_and_measures_rpo_to_the_last_event(
     assert abs(record.rpo_seconds - expected_rpo) < 1.0, (record.rpo_seconds, expected_rpo)
     assert record.rpo_seconds < (record.started_at - scenario.newer.consistent_at).total_seconds()
     assert record.phases.get("replay", 0) > 0
-    assert "Replayed" in run_texts(state.state_details.flow_run_id)
+    texts = run_texts(state.state_details.flow_run_id)
+    assert "Replayed" in texts
+    assert f"Chain proof passed ✅: base `{scenario.older.backup_id}`" in texts
     # the source and its server are untouched: no scratch database, same data
     assert _databases(scenario.conn) == databases
     assert _checksum(scenario.conn, scenario.database) == source_before
