@@ -108,7 +108,13 @@ def run(args: argparse.Namespace, port: int, workdir: Path) -> None:
     from flows.archive_binlogs import archive_binlogs
     from flows.backup import backup_mysql
     from tasks.binlog_catalog import list_segments, newest_restorable_point_in_regions
-    from tasks.binlog_replay import base_gtid_of, fetch_segments
+    from tasks.binlog_replay import (
+        base_gtid_of,
+        check_fetched_chain,
+        fetch_segments,
+        plan_replay,
+        replay_command,
+    )
     from tasks.mysql import defaults_file, find_tool
     from tasks.pitr_restore import choose_segments, replay_to, restore_base_on_server
     from tasks.storage import open_store
@@ -161,22 +167,18 @@ def run(args: argparse.Namespace, port: int, workdir: Path) -> None:
     assert chain.gap is None, chain.gap
     print(f"{counts[0]} writes, {len(chain.segments)} segments archived", flush=True)
 
-    # (a) by hand: the same segments, mariadb-binlog | mariadb, onto a throwaway server.
+    # (a) by hand: the same segments and stop, mariadb-binlog | mariadb, onto a throwaway server.
     hand = restore_base_on_server(base, stores, order, "bench-hand", [port])
     try:
-        files = fetch_segments(stores, order, chain.segments, workdir / "hand")
+        fetched = fetch_segments(stores, order, chain.segments, workdir / "hand")
+        check_fetched_chain(base_gtid_of(base.gtid, base.backup_id), fetched)
+        plan = plan_replay(base_gtid_of(base.gtid, base.backup_id), fetched)
         reader = find_tool("mariadb-binlog", "mysqlbinlog", package="mariadb-client")
         client = find_tool("mariadb", "mysql", package="mariadb-client")
         with defaults_file(hand.connection) as cnf:
             clock = time.perf_counter()
             source = subprocess.Popen(
-                [
-                    reader,
-                    "--disable-log-bin",
-                    f"--start-position={base_gtid_of(base.gtid, base.backup_id)}",
-                    *[str(f.path) for f in files],
-                ],
-                stdout=subprocess.PIPE,
+                replay_command(reader, plan, base.database), stdout=subprocess.PIPE
             )
             sink = subprocess.run(
                 [

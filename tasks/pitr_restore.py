@@ -139,7 +139,12 @@ def restore_base_on_server(
             else:
                 start_empty_server(scratch)
                 with connect(scratch.connection()) as conn, conn.cursor() as cur:
-                    cur.execute(f"CREATE DATABASE {quote_identifier(database)}")
+                    # Tables created later by replayed DDL take the database's default
+                    # character set; the manifest does not record the source's, so use the one
+                    # the project creates databases with (as scratch databases do).
+                    cur.execute(
+                        f"CREATE DATABASE {quote_identifier(database)} CHARACTER SET utf8mb4"
+                    )
                 server_s = time.perf_counter() - clock
                 stats = restorer_for(manifest)(
                     manifest,
