@@ -348,7 +348,16 @@ def compare_tables(
 
 # -- RTO, RPO, verdict -------------------------------------------------------------------------
 
-PHASES = ("find", "failed_attempts", "prepare", "download", "decompress", "load", "validate")
+PHASES = (
+    "find",
+    "failed_attempts",
+    "prepare",
+    "download",
+    "decompress",
+    "load",
+    "validate",
+    "replay",
+)
 
 
 @dataclass(frozen=True)

@@ -178,3 +178,11 @@ class RehearsedFailure(VibeOpsError):
 class BinlogGapDetected(VibeOpsError):
     """Binary logs are missing from the archive (purged first, server reset, base not covered);
     the message says what to do (usually: take a new base backup now)."""
+
+
+class RecoveryChainBroken(VibeOpsError):
+    """Archived binary logs do not join up (a missing segment, a filtered statement): no replay."""
+
+
+class RestoreRefused(ConfigurationError):
+    """restore-mysql refused before changing anything (non-empty target, confirm mismatch)."""
