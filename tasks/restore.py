@@ -474,6 +474,11 @@ _CLIENT_COMMAND = re.compile(rb"^/\*M!\d+\\")  # MariaDB's `/*M!999999\- enable 
 _LOCKS = re.compile(rb"^(?:LOCK\s+TABLES\s|UNLOCK\s+TABLES\s*;)", re.I)
 # Statements that would leave the scratch database or change the server (MySQL 8 dumps set
 # @@GLOBAL.GTID_PURGED): dropped and reported.
+# mysqldump brackets routines with `ALTER DATABASE `src` ...` (their database collation);
+# without the name it alters the load's own default database, the scratch copy.
+_ALTER_NAMED_DATABASE = re.compile(
+    rb"^((?:/\*!\d+\s+)?ALTER\s+(?:DATABASE|SCHEMA))\s+`(?:[^`]|``)+`", re.I
+)
 _OTHER_DATABASE = re.compile(
     rb"^(?:/\*!\d+\s+)?(?:USE\s|CREATE\s+(?:DATABASE|SCHEMA)\b|DROP\s+(?:DATABASE|SCHEMA)\b"
     rb"|SET\s+(?:@@)?GLOBAL\b)",
@@ -608,6 +613,9 @@ class StatementRouter:
             self.delimiter = match.group(1)
             return
         self.statements += 1
+        if _ALTER_NAMED_DATABASE.match(stripped):
+            stripped = _ALTER_NAMED_DATABASE.sub(rb"\1", stripped)
+            line = stripped + b"\n"
         if _OTHER_DATABASE.match(stripped):
             self.ignored.append(stripped[:120].decode(errors="replace"))
             self.skipping = not stripped.endswith(b";")

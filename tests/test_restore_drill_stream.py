@@ -144,6 +144,33 @@ def test_statements_that_switch_or_create_databases_are_ignored(
         run_sql(mysql_root, f"DROP DATABASE {victim}")
 
 
+def test_alter_database_naming_another_database_alters_only_the_scratch_copy(
+    scratch: str, mysql_root: MySQLConnection, tmp_path: Path
+) -> None:
+    """mysqldump brackets routines with `ALTER DATABASE `src``: it must never reach `src`."""
+    victim = f"victim_{uuid.uuid4().hex[:6]}"
+    run_sql(mysql_root, f"CREATE DATABASE {victim} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    sql = (
+        f"ALTER DATABASE `{victim}` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;\n"
+        "CREATE TABLE `t` (id INT PRIMARY KEY);\n"
+    ).encode()
+    store = LocalFolderStore("a", tmp_path)
+
+    def collation(name: str) -> list[tuple]:
+        return run_sql(
+            mysql_root,
+            "SELECT default_collation_name FROM information_schema.schemata "
+            f"WHERE schema_name = '{name}'",
+        )
+
+    try:
+        restore_logical_dump(put_backup(store, sql), store, mysql_root, scratch, 1)
+        assert collation(victim) == [("utf8mb4_bin",)]
+        assert collation(scratch) == [("latin1_swedish_ci",)]
+    finally:
+        run_sql(mysql_root, f"DROP DATABASE {victim}")
+
+
 def test_a_flipped_byte_is_a_corrupt_copy_even_when_the_sql_breaks_first(
     sample, scratch: str, mysql_root: MySQLConnection, tmp_path: Path
 ) -> None:
