@@ -110,6 +110,12 @@ def read_table_shapes(conn: MySQLConnection, database: str) -> list[TableShape]:
 
 def check_engine_shapes(conn: MySQLConnection, database: str, engine: Engine) -> None:
     """Raise ConfigurationError naming every table `engine` cannot round-trip."""
+    if engine == "physical" and any(ch.isspace() for ch in database):
+        raise ConfigurationError(
+            f"engine 'physical' cannot back up database {database!r}, so nothing was written: "
+            "mariadb-backup's --databases list is separated by spaces and would split the "
+            "name; use 'mysqldump'"
+        )
     refused = refusals(read_table_shapes(conn, database), engine)
     if refused:
         raise ConfigurationError(

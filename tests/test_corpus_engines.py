@@ -21,7 +21,7 @@ import pytest
 
 from blocks import MySQLConnection
 from tasks.drill import MARKER_TABLE, DrillMarker
-from tasks.engine_shapes import TableShape, refusals
+from tasks.engine_shapes import TableShape, check_engine_shapes, refusals
 from tasks.errors import ConfigurationError
 from tasks.manifest import BackupManifest
 from tasks.physical import create_scratch_server
@@ -173,6 +173,12 @@ def test_refusal_rules_name_the_engines_that_can() -> None:
         ("t", ("physical",))
     ]
     assert [r.table for r in refusals(shapes, "mydumper")] == ["h", "t", "s", "b`t"]
+
+
+def test_physical_refuses_a_database_name_with_a_space_before_connecting() -> None:
+    nowhere = MySQLConnection(host="127.0.0.1", port=1, user="nobody")
+    with pytest.raises(ConfigurationError, match=r"'physical'.*'Kunden DB'.*use 'mysqldump'"):
+        check_engine_shapes(nowhere, "Kunden DB", "physical")
 
 
 @pytest.fixture
