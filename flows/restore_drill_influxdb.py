@@ -9,7 +9,7 @@ scratch bucket, always. The run FAILS when validation fails or a target is misse
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger, tags
@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from blocks.defaults import resolve_store, vibeops_home
-from blocks.influx import resolve_influx
+from blocks.influx import InfluxConnection, resolve_influx
 from flows.forms import form
 from flows.run_names import run_name
 from tasks.drill import (
@@ -58,8 +58,8 @@ from tasks.influx_backup import (
     scratch_bucket_name,
     validate_influx_restore,
 )
-from tasks.manifest import SOURCE_NAME
-from tasks.storage import open_store
+from tasks.manifest import SOURCE_NAME, BackupManifest
+from tasks.storage import ObjectStore, open_store
 
 
 class RestoreDrillInfluxParams(DrillSelection):
@@ -75,8 +75,8 @@ class RestoreDrillInfluxParams(DrillSelection):
         description="Scratch bucket; empty = drill_{source}_{backup-id}. Never the source bucket.",
     )
     rpo_target: Duration = Field(
-        default=timedelta(hours=25),
-        description="Recovery point objective (nightly backups: 25 h).",
+        default=timedelta(hours=1),
+        description="Recovery point objective (nightly full + hourly incremental backups: 1 h).",
     )
     connection_block: str = Field(
         default="",
@@ -92,10 +92,54 @@ class RestoreDrillInfluxParams(DrillSelection):
 class _Drill(DrillFacts):
     """DrillFacts plus what only this drill tracks."""
 
+    stores: dict[str, ObjectStore] = field(default_factory=dict)
     search: InfluxBackupSearch | None = None
     scratch: str | None = None
     stats: InfluxRestoreStats | None = None
     scratch_fate: str = "not created"
+    chain: list[BackupManifest] = field(default_factory=list)
+
+
+def _restore_link(
+    drill: _Drill, conn: InfluxConnection, link: BackupManifest, batch_lines: int
+) -> InfluxRestoreStats | None:
+    """Load one backup of the chain from the first region whose copy verifies (None: none)."""
+    assert drill.search is not None and drill.scratch is not None
+    fresh = link is drill.chain[0]
+    regions = drill.search.regions_of(link.backup_id) or (
+        drill.search.choice.regions if drill.search.choice else ()
+    )
+    for region in regions:
+        clock = time.perf_counter()
+        try:
+            stats = restore_influx_copy(
+                conn,
+                link,
+                drill.stores[region],
+                drill.scratch,
+                batch_lines,
+                drill_run=str(flow_run.get_id() or "local"),
+                fresh=fresh,
+            )
+        except (BackupVerificationError, StorageError, RestoreLoadError) as exc:
+            _record_failed_copy(drill, region, exc, time.perf_counter() - clock, link)
+            if isinstance(exc, RestoreLoadError):
+                return None
+            continue
+        drill.attempts.append(CopyAttempt(region, "restored", seconds=time.perf_counter() - clock))
+        return stats
+    return None
+
+
+def _added(a: InfluxRestoreStats, b: InfluxRestoreStats) -> InfluxRestoreStats:
+    """Two links' restore figures summed (the region is the last link's)."""
+    return InfluxRestoreStats(
+        b.region,
+        a.points + b.points,
+        a.compressed_bytes + b.compressed_bytes,
+        a.verify_s + b.verify_s,
+        a.load_s + b.load_s,
+    )
 
 
 def _resource(source: str) -> dict[str, str]:
@@ -128,7 +172,7 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams) -> DrillRecord:
     stores = {d.region: open_store(d) for d in resolve_store(params.store_block).destinations}
     order = region_try_order(list(stores), params.prefer_region or None)
     targets = DrillTargets(rto=params.rto_target, rpo=params.rpo_target)
-    drill = _Drill(f"{KIND}/{params.source}", targets, datetime.now(UTC))
+    drill = _Drill(f"{KIND}/{params.source}", targets, datetime.now(UTC), stores=stores)
     refused: RestoreTargetRefused | None = None
     try:
         with tags(f"influx:{conn.url}", "restore-drill"):
@@ -149,34 +193,23 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams) -> DrillRecord:
             check_scratch_bucket(scratch, manifest.database)
             check_scratch_absent(conn, scratch)
             drill.scratch = scratch
-            for region in choice.regions:
+            drill.chain = list(drill.search.chain) or [manifest]
+            validate_s = 0.0
+            for link in drill.chain:
+                stats = _restore_link(drill, conn, link, params.batch_lines)
+                if stats is None:
+                    raise DrillFailed(f"no region's copy of {link.backup_id} could be restored")
+                drill.stats = stats if drill.stats is None else _added(drill.stats, stats)
                 clock = time.perf_counter()
-                try:
-                    drill.stats = restore_influx_copy(
-                        conn,
-                        manifest,
-                        stores[region],
-                        scratch,
-                        params.batch_lines,
-                        drill_run=str(flow_run.get_id() or "local"),
-                    )
-                except (BackupVerificationError, StorageError, RestoreLoadError) as exc:
-                    _record_failed_copy(drill, region, exc, time.perf_counter() - clock)
-                    if isinstance(exc, RestoreLoadError):
-                        break
-                    continue
-                drill.attempts.append(
-                    CopyAttempt(region, "restored", seconds=time.perf_counter() - clock)
-                )
-                break
-            if drill.stats is None:
-                raise DrillFailed("no region's copy could be restored")
+                problems = validate_influx_restore(conn, link, scratch)
+                validate_s += time.perf_counter() - clock
+                prefix = f"{link.backup_id}: " if len(drill.chain) > 1 else ""
+                drill.problems += [prefix + p for p in problems]
+            assert drill.stats is not None
             drill.phases["download"] = drill.stats.verify_s
             drill.phases["load"] = drill.stats.load_s
             drill.rows, drill.bytes = drill.stats.points, drill.stats.compressed_bytes
-            clock = time.perf_counter()
-            drill.problems += validate_influx_restore(conn, manifest, scratch)
-            drill.phases["validate"] = time.perf_counter() - clock
+            drill.phases["validate"] = validate_s
             drill.validated_at = datetime.now(UTC)
     except RestoreTargetRefused as exc:
         refused = exc
@@ -206,10 +239,10 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams) -> DrillRecord:
     return record
 
 
-def _record_failed_copy(drill: _Drill, region: str, exc: Exception, seconds: float) -> None:
+def _record_failed_copy(
+    drill: _Drill, region: str, exc: Exception, seconds: float, manifest: BackupManifest
+) -> None:
     outcome = failed_copy_outcome(exc)
-    manifest = drill.manifest
-    assert manifest is not None
     drill.attempts.append(CopyAttempt(region, outcome, str(exc)[:600], seconds=seconds))
     drill.phases["failed_attempts"] = drill.phases.get("failed_attempts", 0.0) + seconds
     get_run_logger().warning("region %s: %s copy: %s", region, outcome, exc)
@@ -254,6 +287,15 @@ def _publish(drill: _Drill, params: RestoreDrillInfluxParams) -> tuple[DrillReco
     return record, verdict
 
 
+def _chain_line(chain: list[BackupManifest]) -> str:
+    if len(chain) <= 1:
+        return "full backup alone" if chain else "-"
+    return (
+        f"full `{chain[0].backup_id}` + {len(chain) - 1} incremental(s) restored in order; "
+        "RPO from the newest incremental"
+    )
+
+
 def _report(
     drill: _Drill, params: RestoreDrillInfluxParams, verdict: Verdict, record: DrillRecord
 ) -> str:
@@ -266,6 +308,7 @@ def _report(
         "| fact | value |",
         "|---|---|",
         f"| backup | `{record.backup_id or '-'}` |",
+        f"| chain | {_chain_line(drill.chain)} |",
         f"| bucket | `{manifest.database if manifest else '-'}` -> scratch `{drill.scratch or '-'}` |",
         f"| restored from | {record.region or '-'} |",
         f"| values | {record.rows if record.rows is not None else '-'} |",

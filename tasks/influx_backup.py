@@ -10,7 +10,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Final, cast
 
 from prefect import get_run_logger, task
@@ -24,7 +24,6 @@ from tasks.compression import EXTENSIONS, decompress_stream
 from tasks.drill import BackupChoice, DrillMarker, select_backup
 from tasks.errors import BackupVerificationError, RestoreTargetRefused, StorageError
 from tasks.influx import (
-    EARLIEST_NS,
     END_OF_TIME_NS,
     LATEST_NS,
     Digests,
@@ -37,6 +36,7 @@ from tasks.influx import (
     rfc3339,
     to_ns,
 )
+from tasks.influx_chain import IncrementalStart, backup_chain, incremental_start
 from tasks.manifest import (
     BackupManifest,
     Codec,
@@ -77,18 +77,26 @@ class InfluxExport:
 
 @io_task("preflight-influxdb-backup", retries=3, backoff=2)
 def preflight_influx(
-    conn: InfluxConnection, bucket: str, stores: list[ObjectStore], stop: datetime
+    conn: InfluxConnection,
+    bucket: str,
+    stores: list[ObjectStore],
+    stop: datetime,
+    since: datetime | None = None,
 ) -> InfluxSourceFacts:
     """Check the server, the bucket and every destination; count values per measurement.
 
     The export covers every time InfluxDB can store (see EARLIEST_NS, LATEST_NS), from the
-    first day holding a point; `stop` (the backup's start) is its consistent point."""
+    first day holding a point (an incremental: from `since`); `stop` (the backup's start) is
+    its consistent point."""
     stop_ns = LATEST_NS
     with InfluxSession(conn) as session:
         version = session.server_version()
         session.require_bucket(bucket)
-        first_ns = session.first_day_ns(bucket, stop_ns) or to_ns(stop)
-        points = session.measurement_counts(bucket, EARLIEST_NS, stop_ns)
+        if since is None:
+            first_ns = session.first_day_ns(bucket, stop_ns) or to_ns(stop)
+        else:
+            first_ns = to_ns(since)
+        points = session.measurement_counts(bucket, first_ns, stop_ns)
         beyond = session.measurement_counts(bucket, LATEST_NS, END_OF_TIME_NS)
     if beyond:
         raise BackupVerificationError(
@@ -167,8 +175,10 @@ def build_influx_manifest(
     stores: list[ObjectStore],
     started_at: datetime,
     window_seconds: int,
+    chain: IncrementalStart | None = None,
 ) -> BackupManifest:
-    """The manifest of a finished, verified InfluxDB backup (consistent at the export's stop)."""
+    """The manifest of a finished, verified InfluxDB backup (consistent at its start); an
+    incremental's (`chain` given) names its base and the backup it follows."""
     prefix = backup_prefix(KIND, source, backup_id)
     written = export.written
     return BackupManifest(
@@ -206,6 +216,9 @@ def build_influx_manifest(
             stop=from_ns(facts.stop_ns),
             window_seconds=window_seconds,
             measurements=export.measurements,
+            mode="full" if chain is None else "incremental",
+            base_backup_id=None if chain is None else chain.base_id,
+            previous_backup_id=None if chain is None else chain.previous.backup_id,
         ),
     )
 
@@ -251,6 +264,33 @@ def check_scratch_absent(conn: InfluxConnection, scratch: str) -> None:
 class InfluxBackupSearch:
     choice: BackupChoice | None
     unreachable: dict[str, str]
+    chain: tuple[BackupManifest, ...] = ()  # the full base first, the choice last
+    holders: dict[str, tuple[str, ...]] | None = None  # backup id -> regions, preferred first
+
+    def regions_of(self, backup_id: str) -> tuple[str, ...]:
+        return (self.holders or {}).get(backup_id, ())
+
+
+@io_task("find-previous-influxdb-backup", retries=2, backoff=2)
+def find_incremental_start(
+    stores: list[ObjectStore], source: str, bucket: str, overlap_seconds: int
+) -> IncrementalStart:
+    """The backup an incremental follows: the newest committed one in any region.
+
+    Raises:
+        NoBaseBackup: there is none (run a full backup first).
+    """
+    committed: list[BackupManifest] = []
+    for store in stores:
+        committed += [e.manifest for e in scan_backups(store, source, KIND) if e.manifest]
+    start = incremental_start(committed, source, bucket, timedelta(seconds=overlap_seconds))
+    get_run_logger().info(
+        "incremental after %s (base %s): points stamped from %s",
+        start.previous.backup_id,
+        start.base_id,
+        start.since.isoformat(),
+    )
+    return start
 
 
 @io_task("find-influxdb-backup", retries=2, backoff=2)
@@ -271,7 +311,15 @@ def find_influx_backup(
         uncommitted |= {e.backup_id for e in entries if e.manifest is None}
     if len(unreachable) == len(order):
         raise StorageError("no backup region could be listed: " + "; ".join(unreachable.values()))
-    return InfluxBackupSearch(select_backup(committed, selector, order, uncommitted), unreachable)
+    choice = select_backup(committed, selector, order, uncommitted)
+    by_id: dict[str, BackupManifest] = {}
+    holders: dict[str, tuple[str, ...]] = {}
+    for region in order:
+        for manifest in committed.get(region, ()):
+            by_id.setdefault(manifest.backup_id, manifest)
+            holders[manifest.backup_id] = (*holders.get(manifest.backup_id, ()), region)
+    chain = tuple(backup_chain(by_id, choice.manifest)) if choice else ()
+    return InfluxBackupSearch(choice, unreachable, chain, holders)
 
 
 @dataclass(frozen=True)
@@ -291,9 +339,11 @@ def restore_influx_copy(
     scratch: str,
     batch_lines: int,
     drill_run: str = "local",
+    fresh: bool = True,
 ) -> InfluxRestoreStats:
     """Verify one region's copy (size, sha256, decompress), then load it into a fresh `scratch`
-    (created with the drill's marker as its description, for cleanup-drills).
+    (created with the drill's marker as its description, for cleanup-drills); with
+    `fresh=False` (an incremental on top of its chain) into the existing `scratch`.
 
     Raises:
         BackupVerificationError: the copy does not match the manifest (try another region).
@@ -305,9 +355,10 @@ def restore_influx_copy(
     verify_copies([store], key, expected, manifest.codec)
     verified = time.perf_counter()
     with InfluxSession(conn) as session:
-        session.delete_bucket(scratch)
-        marker = DrillMarker(drill_run, manifest.source, manifest.backup_id, datetime.now(UTC))
-        session.create_bucket(scratch, description=drill_bucket_description(marker))
+        if fresh:
+            session.delete_bucket(scratch)
+            marker = DrillMarker(drill_run, manifest.source, manifest.backup_id, datetime.now(UTC))
+            session.create_bucket(scratch, description=drill_bucket_description(marker))
         progress = _Progress(manifest.total_rows, f"{manifest.database} into {scratch}", "Loading")
         try:
             with store.open_reader(key) as raw:

@@ -109,6 +109,17 @@ class InfluxDetails(BaseModel):
     stop: datetime = Field(description="Export range stop (exclusive): the consistent point.")
     window_seconds: int = Field(ge=1, description="Export window (one query per window).")
     measurements: dict[str, MeasurementFacts] = Field(default_factory=dict)
+    mode: Literal["full", "incremental"] = Field(
+        default="full",
+        description="full: every point; incremental: points stamped at or after `start` (the "
+        "previous backup's consistent point minus an overlap), restored on top of its chain.",
+    )
+    base_backup_id: str | None = Field(
+        default=None, description="Incremental: the full backup its chain starts from."
+    )
+    previous_backup_id: str | None = Field(
+        default=None, description="Incremental: the backup (full or incremental) it follows."
+    )
 
 
 class BackupManifest(BaseModel):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from tasks.catalog import BackupEntry
 from tasks.errors import RetentionPolicyInvalid, RetentionRefused
-from tasks.manifest import MANIFEST_NAME, backup_time
+from tasks.manifest import MANIFEST_NAME, BackupManifest, backup_time
 from tasks.storage import ObjectInfo
 
 AUDIT_MIN_DAYS = 2557
@@ -472,6 +472,7 @@ class BackupFacts:
     committed: bool
     complete: bool = True
     unreadable: str | None = None
+    base_backup_id: str | None = None  # an incremental's full base (kept and purged with it)
 
     @classmethod
     def from_entry(cls, entry: BackupEntry) -> BackupFacts:
@@ -485,7 +486,31 @@ class BackupFacts:
             committed=entry.manifest is not None,
             complete=complete,
             unreadable=entry.manifest_error,
+            base_backup_id=chain_base(entry.manifest),
         )
+
+
+def chain_base(manifest: BackupManifest | None) -> str | None:
+    """The full backup an incremental InfluxDB backup builds on (None: not an incremental)."""
+    details = manifest.influxdb if manifest is not None else None
+    return details.base_backup_id if details is not None and details.mode == "incremental" else None
+
+
+_RETENTIVE = {"KEEP": 2, "ARCHIVE": 1, "DELETE": 0}
+
+
+def _keep_chains_together(backups: Sequence[BackupFacts], decisions: dict[str, Decision]) -> None:
+    """A full base and its incrementals share the most retentive decision of any of them
+    (KEEP over ARCHIVE over DELETE): a base is never purged while an incremental needing it
+    stays, and incrementals go with their base."""
+    chains: dict[str, list[str]] = {}
+    for b in backups:
+        if b.base_backup_id is not None and b.base_backup_id in decisions:
+            chains.setdefault(b.base_backup_id, [b.base_backup_id]).append(b.backup_id)
+    for members in chains.values():
+        best = max((decisions[m] for m in members), key=lambda d: _RETENTIVE[d.value])
+        for member in members:
+            decisions[member] = best
 
 
 def decide_backups(
@@ -501,7 +526,8 @@ def decide_backups(
 
     The newest `keep_newest` committed and complete backups are kept whatever their age;
     backups referenced by a running or scheduled drill (`protected`: ids, or days as
-    `YYYYmmdd`, see `drill_references`) are never touched.
+    `YYYYmmdd`, see `drill_references`) are never touched. An InfluxDB full backup and the
+    incrementals built on it are decided together (the most retentive decision wins).
     An incomplete backup (no manifest: a crashed upload or a half-finished purge) goes once it
     is past `delete_after`. A committed one whose objects are partly gone is finished the
     same way.
@@ -537,6 +563,7 @@ def decide_backups(
             decisions[b.backup_id] = Decision.ARCHIVE
         else:
             decisions[b.backup_id] = Decision.KEEP
+    _keep_chains_together(backups, decisions)
     kept = sum(1 for b in healthy if decisions[b.backup_id] != Decision.DELETE)
     assert kept >= min(keep_newest, len(healthy)), "minimum redundancy would be broken"
     return decisions
