@@ -198,7 +198,9 @@ def restore_drill_influxdb(params: RestoreDrillInfluxParams) -> DrillRecord:
             for link in drill.chain:
                 stats = _restore_link(drill, conn, link, params.batch_lines)
                 if stats is None:
-                    raise DrillFailed(f"no region's copy of {link.backup_id} could be restored")
+                    raise DrillFailed(
+                        f"no region's copy could be restored (backup {link.backup_id})"
+                    )
                 drill.stats = stats if drill.stats is None else _added(drill.stats, stats)
                 clock = time.perf_counter()
                 problems = validate_influx_restore(conn, link, scratch)
