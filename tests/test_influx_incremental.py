@@ -13,17 +13,22 @@ from influxdb_client import Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from prefect import flow
 
-from flows.forms import params_of
-from flows.restore_drill_influxdb import RestoreDrillInfluxParams, restore_drill_influxdb
 from tasks.catalog import scan_backups
 from tasks.influx import to_ns
 from tasks.influx_backup import find_influx_backup, restore_influx_copy
 from tasks.object_purge import scan_backup_catalog
 from tasks.retention import BackupFacts, BackupRule, Decision, decide_backups, plan_backup_rule
 from tasks.storage import open_store
-from tests.helpers import local_store, save_block
+from tests.helpers import local_store
 from tests.influx_standin import InfluxStandIn
-from tests.test_influxdb import _backup, _conn, _sample_points, _series, _state_exception
+from tests.test_influxdb import (
+    _backup,
+    _conn,
+    _drill,
+    _sample_points,
+    _series,
+    _state_exception,
+)
 
 NS = 1_000_000_000
 
@@ -112,16 +117,7 @@ def test_full_then_two_incrementals_drill_restores_the_chain_exactly(
     assert restore_chain() == full.total_rows + inc1.total_rows + inc2.total_rows
     assert _series(influx_server, scratch) == _series(influx_server, source_bucket)
 
-    drill = restore_drill_influxdb(
-        **params_of(
-            RestoreDrillInfluxParams(
-                source=source,
-                store_block=save_block(store),
-                connection_block=save_block(conn),
-            )
-        ),
-        return_state=True,
-    )
+    drill = _drill(influx_server, store, source)
     record = drill.result()
     assert record.passed, record
     assert record.backup_id == inc2.backup_id, "the drill restores up to the newest incremental"
@@ -157,16 +153,7 @@ def test_drill_fails_when_a_chain_link_is_missing(
     inc2 = _backup(influx_server, source_bucket, store, mode="incremental").result()
     for destination in store.destinations:
         open_store(destination).delete(inc1.manifest_key)
-    drill = restore_drill_influxdb(
-        **params_of(
-            RestoreDrillInfluxParams(
-                source=source,
-                store_block=save_block(store),
-                connection_block=save_block(_conn(influx_server)),
-            )
-        ),
-        return_state=True,
-    )
+    drill = _drill(influx_server, store, source)
     message = str(_state_exception(drill))
     assert inc2.backup_id in message and inc1.backup_id in message and "chain" in message
 

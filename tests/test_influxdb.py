@@ -111,6 +111,16 @@ def _backup(
     return backup_influxdb(**params_of(params), return_state=True)
 
 
+def _drill(server: InfluxStandIn, store: BackupStore, source: str):
+    """restore-drill-influxdb of `source` with default targets (its final state)."""
+    params = RestoreDrillInfluxParams(
+        source=source,
+        store_block=save_block(store),
+        connection_block=save_block(_conn(server)),
+    )
+    return restore_drill_influxdb(**params_of(params), return_state=True)
+
+
 def _event_payloads(name: str, flow_run_id: uuid.UUID) -> list[dict]:
     return [event["payload"] for event in events_of(name, flow_run_id)]
 
@@ -161,16 +171,7 @@ def test_round_trip_two_regions_and_gcs_restores_identical(
     assert (marker.source, marker.backup_id) == (source, manifest.backup_id)
     assert _series(influx_server, scratch) == _series(influx_server, source_bucket)
 
-    drill = restore_drill_influxdb(
-        **params_of(
-            RestoreDrillInfluxParams(
-                source=source,
-                store_block=save_block(store),
-                connection_block=save_block(_conn(influx_server)),
-            )
-        ),
-        return_state=True,
-    )
+    drill = _drill(influx_server, store, source)
     record = drill.result()
     assert record.passed and record.region == "local-a" and record.rows == manifest.total_rows
     assert not [
@@ -280,16 +281,7 @@ def test_token_never_in_argv_logs_artifacts_or_events(
     store = local_store(tmp_path)
     state = _backup(influx_server, source_bucket, store)
     manifest = state.result()
-    drill = restore_drill_influxdb(
-        **params_of(
-            RestoreDrillInfluxParams(
-                source=manifest.source,
-                store_block=save_block(store),
-                connection_block=save_block(_conn(influx_server)),
-            )
-        ),
-        return_state=True,
-    )
+    drill = _drill(influx_server, store, manifest.source)
     drill.result()
     token = influx_server.token
     for run in (state, drill):
