@@ -184,7 +184,9 @@ def _setup_blocks(console: Any) -> None:
     for name in blocks.__all__:
         getattr(blocks, name).register_type_and_schema()
     saved = save_local_blocks()
-    console.print("blocks registered; saved " + ", ".join(f"`{name}`" for name in saved))
+    console.print(
+        "blocks registered; saved " + ", ".join(f"`{name}`" for name in saved), soft_wrap=True
+    )
 
 
 @app.command("setup-blocks")

@@ -26,6 +26,7 @@ class EmulatorGcpCredentials(GcpCredentials):
     _block_type_name = "VibeOps GCS Emulator Credentials"
     _block_type_slug = "vibeops-gcs-emulator-credentials"
     _description = "Anonymous access to a local GCS API server (tests and laptops only)."
+    _logo_url = None  # type: ignore[assignment]  # prefect-gcp's logo lives on the web
 
     def block_initialization(self) -> None:
         if self.project is None:  # type: ignore[has-type]  # (prefect-gcp's field)

@@ -26,7 +26,7 @@ from tasks.binlog_catalog import newest_restorable_point_in_regions
 from tasks.binlog_report import ArchiveRun, archived_payload, gap_payload, render_archive_report
 from tasks.binlog_tasks import archive_one, bound_lag, preflight_binlog_archive, read_archive
 from tasks.errors import BinlogGapDetected
-from tasks.form_fields import schema_pattern
+from tasks.form_fields import DURATION_HELP, Duration, schema_pattern
 from tasks.manifest import SOURCE_NAME, validate_source_name
 from tasks.storage import open_store
 
@@ -49,14 +49,16 @@ class ArchiveBinlogsParams(BaseModel):
         default="",
         description="Name of a 'VibeOps Backup Store' block; empty = two local folders.",
     )
-    max_lag: timedelta = Field(
+    max_lag: Duration = Field(
         default=timedelta(minutes=5),
+        gt=timedelta(0),
         description="Archive lag to keep: the active binary log is flushed (FLUSH BINARY LOGS) "
-        "when its oldest commit would be older than this by the next run.",
+        f"when its oldest commit would be older than this by the next run. {DURATION_HELP}",
     )
-    schedule_interval: timedelta = Field(
+    schedule_interval: Duration = Field(
         default=timedelta(minutes=5),
-        description="How often this deployment runs (the schedule's interval).",
+        gt=timedelta(0),
+        description=f"How often this deployment runs (the schedule's interval). {DURATION_HELP}",
     )
     flush: bool = Field(
         default=True,
@@ -69,13 +71,6 @@ class ArchiveBinlogsParams(BaseModel):
     @classmethod
     def _source_name(cls, value: str) -> str:
         return validate_source_name(value)
-
-    @field_validator("max_lag", "schedule_interval")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be a positive duration, e.g. PT5M")
-        return value
 
 
 def binlog_resource(source: str) -> dict[str, str]:

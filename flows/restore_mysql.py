@@ -50,7 +50,7 @@ class RestoreMySQLParams(BaseModel):
     """Parameters of restore-mysql (rendered as a form in the Prefect UI)."""
 
     source: str = Field(
-        default="vibebench", description="Logical source name: restores mysql/<source>/ backups."
+        default="vibebench", description="Logical source name: restores the backups under mysql/{source}/."
     )
     store_block: str = Field(
         default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."

@@ -96,7 +96,7 @@ def test_a_bad_choice_is_a_one_line_usage_error_not_a_traceback(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("args", "option", "words"),
     [
-        (["drill", "--rto-target", "20 minutes"], "--rto-target", "timedelta"),
+        (["drill", "--rto-target", "20 minutes"], "--rto-target", "30m"),
         (["drill", "--keep-hours", "500"], "--keep-hours", "168"),
         (["backup", "--kind", "mongodb", "--engine", "mydumper"], "--engine", "--kind mysql"),
         (["backup", "--source", "../etc"], "--source", "../etc"),

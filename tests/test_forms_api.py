@@ -44,6 +44,8 @@ BAD: dict[str, list[Any]] = {
     "codec": ["lz4"],
     "as_of": ["2025-01-01T00:00:00"],
     "dry_run": ["maybe"],
+    "sla": ["uptime"],
+    "resource_id": [""],
 }
 # Valid values for required fields, so that only the bad field is wrong.
 REQUIRED = {
@@ -52,6 +54,9 @@ REQUIRED = {
     "image": "gcr.io/vibebench/core:1.4.2",
     "colour": "blue",
     "pod": "vibebench-core-1",
+    "sla": "backup",
+    "resource_id": "vibeops.backup.mysql.vibebench",
+    "window": "PT26H",
 }
 
 

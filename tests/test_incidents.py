@@ -265,7 +265,9 @@ def test_recycle_dry_run_and_missing_and_bare_pods(kube_api: Any, cluster: str):
 def test_an_unknown_cluster_block_is_refused_naming_the_fix():
     from tasks.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match="no KubeCluster block named 'nope'"):
+    with pytest.raises(
+        ConfigurationError, match="no 'VibeOps Kube Cluster' block named 'nope'; create it"
+    ):
         restart_deployment(
             **params_of(RestartDeploymentParams(namespace=NS, cluster_block="nope", dry_run=False))
         )

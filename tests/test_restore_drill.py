@@ -141,8 +141,8 @@ def test_good_backup_passes_with_exact_parity_rto_and_rpo(
     assert "PASSED" in report and "Table parity" in report
     for table, facts in regions.manifest.tables.items():
         assert (
-            f"| `{table}` | {facts.rows:,} | {facts.rows:,} | {facts.checksum} | {facts.checksum} | ✅ |"
-            in report
+            f"| `{table}` | {facts.rows:,} | {facts.rows:,} | {facts.checksum} | {facts.checksum} "
+            "| same ✅ |" in report
         )
     assert "expect_column_values_to_not_be_null" in report
     assert "FAILED" not in report

@@ -495,10 +495,7 @@ def test_invalid_image_is_refused_before_any_api_call(
     with pytest.raises(ValidationError, match="names no repository"):
         DeployStagingParams(image="web:1", cluster_block=cluster_block)
     state = deploy_staging(
-        **params_of(
-            {"image": "repo/web", "namespace": NS, "app": "web", "cluster_block": cluster_block}
-        ),
-        return_state=True,
+        image="repo/web", namespace=NS, app="web", cluster_block=cluster_block, return_state=True
     )
     assert state.is_failed() and "no tag or digest" in str(state.message) + str(
         state.result(raise_on_failure=False)

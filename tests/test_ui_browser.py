@@ -50,6 +50,20 @@ pytestmark = [
 ]
 
 
+class _RetryWhileBusy(httpx.HTTPTransport):
+    """The SQLite-backed server answers 503 while its database is busy (as Prefect's own
+    client knows, and retries): try again, a bounded number of times."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(6):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.close()
+            time.sleep(0.5 * 2**attempt)
+        return super().handle_request(request)
+
+
 @dataclass
 class Stack:
     url: str  # the UI
@@ -58,7 +72,7 @@ class Stack:
     deployments: dict[str, dict[str, Any]]  # flow/name -> deployment
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.api, timeout=60)
+        return httpx.Client(base_url=self.api, timeout=60, transport=_RetryWhileBusy())
 
     def runs_of(self, key: str) -> list[dict[str, Any]]:
         """The deployment's runs that someone started (not the scheduler's upcoming ones)."""
