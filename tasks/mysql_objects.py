@@ -20,6 +20,7 @@ from tasks.object_diff import (
     ObjectKind,
     SchemaObject,
     TableShape,
+    backquote,
     digest,
     normalise_program,
     normalise_table,
@@ -87,9 +88,41 @@ def _read_defaults(cur: pymysql.cursors.Cursor, database: str) -> ObjectCatalog:
 
 
 def _show_create(cur: pymysql.cursors.Cursor, what: str, name: str, column: int = 1) -> str:
+    return _show_create_or_hidden(cur, what, name, column) or ""
+
+
+def _show_create_or_hidden(
+    cur: pymysql.cursors.Cursor, what: str, name: str, column: int = 1
+) -> str | None:
+    """The CREATE statement, or None when the server hides it from this user.
+
+    The server answers NULL in the statement column (the row itself is there) for a routine
+    the user neither defined nor may read (MariaDB: SELECT on mysql.proc; 11.x: SHOW CREATE
+    ROUTINE).
+    """
     cur.execute(f"SHOW CREATE {what} {quote_identifier(name)}")
     row = cur.fetchone()
-    return _text(row[column]) or "" if row else ""
+    if not row:
+        return ""
+    return _text(row[column])
+
+
+def _hidden_reason(cur: pymysql.cursors.Cursor, kind: ObjectKind, database: str) -> str:
+    """Why SHOW CREATE hid a `kind`'s body, and the grant that would show it."""
+    cur.execute("SELECT CURRENT_USER()")
+    row = cur.fetchone()
+    user, _, host = ((_text(row[0]) if row else None) or "").rpartition("@")
+    account = f"{backquote(user)}@{backquote(host)}" if user else "the drill user"
+    if kind in ("procedure", "function"):
+        return (
+            f"SHOW CREATE {kind.upper()} returned no body: {account} is not its definer and "
+            f"may not read routine bodies; GRANT SELECT ON mysql.proc TO {account} (MariaDB "
+            f"11.x: GRANT SHOW CREATE ROUTINE ON {backquote(database)}.* TO {account})"
+        )
+    return (
+        f"SHOW CREATE {kind.upper()} returned no definition to {account}; "
+        f"GRANT EVENT ON {backquote(database)}.* TO {account}"
+    )
 
 
 def _read_tables(
@@ -206,16 +239,22 @@ _PROGRAM_CONTEXT = (
 
 
 def _stored_program(
-    cur: pymysql.cursors.Cursor, kind: ObjectKind, name: Any, context: tuple[Any, ...], **extra: Any
+    cur: pymysql.cursors.Cursor,
+    database: str,
+    kind: ObjectKind,
+    name: Any,
+    context: tuple[Any, ...],
+    **extra: Any,
 ) -> SchemaObject:
     """A routine or event: SHOW CREATE digest plus the context columns of _PROGRAM_CONTEXT."""
     what, column = _SHOW_CREATE[kind]
-    create = _show_create(cur, what, str(name), column)
+    create = _show_create_or_hidden(cur, what, str(name), column)
     sql_mode, definer, client, collation, db_collation = (_text(v) for v in context)
     return SchemaObject(
         kind=kind,
         name=str(name),
-        digest=digest(normalise_program(create)),
+        digest=digest(normalise_program(create)) if create is not None else None,
+        unreadable=_hidden_reason(cur, kind, database) if create is None else None,
         sql_mode=sql_mode,
         definer=definer,
         character_set_client=client,
@@ -233,7 +272,9 @@ def _read_routines(cur: pymysql.cursors.Cursor, database: str) -> list[SchemaObj
         database,
     )
     return [
-        _stored_program(cur, "procedure" if row[1] == "PROCEDURE" else "function", row[0], row[2:])
+        _stored_program(
+            cur, database, "procedure" if row[1] == "PROCEDURE" else "function", row[0], row[2:]
+        )
         for row in rows
     ]
 
@@ -245,4 +286,7 @@ def _read_events(cur: pymysql.cursors.Cursor, database: str) -> list[SchemaObjec
         " WHERE EVENT_SCHEMA = %s",
         database,
     )
-    return [_stored_program(cur, "event", row[0], row[2:], time_zone=_text(row[1])) for row in rows]
+    return [
+        _stored_program(cur, database, "event", row[0], row[2:], time_zone=_text(row[1]))
+        for row in rows
+    ]

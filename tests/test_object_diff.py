@@ -297,3 +297,23 @@ def test_a_kind_one_server_could_not_list_is_not_compared_but_said() -> None:
         "events: the restored copy's server could not list them (error 1577: Cannot proceed, "
         "because event scheduler is disabled)"
     ]
+
+
+def test_a_definition_the_reader_could_not_see_is_not_compared_but_said() -> None:
+    why = "not its definer; GRANT SELECT ON mysql.proc TO `dr`@`%`"
+    restored = _catalog()
+    hidden = next(o for o in restored.objects if o.kind == "procedure")
+    hidden.digest, hidden.unreadable = None, why
+    assert compare_catalogs(_catalog(), restored) == []
+    assert unchecked_kinds(_catalog(), restored) == [
+        f"procedure `p``q`: definition not compared, the restored copy's reader could not see "
+        f"it ({why})"
+    ]
+    # Its context is still compared, and so is every readable definition.
+    hidden.sql_mode = "ANSI"
+    function = next(o for o in restored.objects if o.kind == "function")
+    function.digest = "changed"
+    assert [d.message for d in compare_catalogs(_catalog(), restored)] == [
+        "procedure `p``q`: sql_mode 'ANSI' != 'STRICT_ALL_TABLES,TRADITIONAL' (backup)",
+        "function `f`: definition differs",
+    ]
