@@ -50,7 +50,7 @@ from tasks.errors import (
 from tasks.manifest import BackupManifest
 from tasks.mysql import connect, dump_command, quote_identifier
 from tasks.physical import ScratchServer, create_scratch_server, restore_physical
-from tasks.restore import RestoreStats, restorer_for
+from tasks.restore import RestoreStats, database_defaults_sql, restorer_for
 from tasks.storage import ObjectStore
 from tasks.validation import inspect_restored
 
@@ -140,11 +140,15 @@ def restore_base_on_server(
                 start_empty_server(scratch)
                 with connect(scratch.connection()) as conn, conn.cursor() as cur:
                     # Tables created later by replayed DDL take the database's default
-                    # character set; the manifest does not record the source's, so use the one
-                    # the project creates databases with (as scratch databases do).
-                    cur.execute(
-                        f"CREATE DATABASE {quote_identifier(database)} CHARACTER SET utf8mb4"
+                    # character set and collation, so the database gets the source's (from the
+                    # manifest's catalog); utf8mb4 only for old manifests that lack them, not
+                    # the throwaway server's latin1 default. Replayed events carry their own
+                    # session character sets (collation_server included), so the server-level
+                    # default does not matter for replay.
+                    defaults = database_defaults_sql(
+                        manifest.database_charset, manifest.database_collation
                     )
+                    cur.execute(f"CREATE DATABASE {quote_identifier(database)} {defaults}")
                 server_s = time.perf_counter() - clock
                 stats = restorer_for(manifest)(
                     manifest,

@@ -80,6 +80,30 @@ def _flush(server: PrivateMariaDB) -> None:
     run_sql(_root(server), "FLUSH BINARY LOGS")
 
 
+def _first_binlog(server: PrivateMariaDB) -> int:
+    return int(str(run_sql(_root(server), "SHOW BINARY LOGS")[0][0]).split(".")[1])
+
+
+def _purge_to(server: PrivateMariaDB, index: int, timeout_s: float = 30) -> int:
+    """PURGE BINARY LOGS TO binlog.<index>; returns the index of the first file left.
+
+    PURGE silently stops at the first file crash recovery still needs: one whose transactions
+    InnoDB has not yet reported durable (the binlog checkpoint). With
+    innodb_flush_log_at_trx_commit=2 that report waits for InnoDB's next log flush (about
+    once a second, later under load), so files just rotated stay until then. FLUSH ENGINE
+    LOGS asks for that flush; the checkpoint itself still completes in the background, so
+    retry until the files before `index` are gone or `timeout_s` passes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run_sql(_root(server), "FLUSH ENGINE LOGS")
+        run_sql(_root(server), f"PURGE BINARY LOGS TO 'binlog.{index:06d}'")
+        first = _first_binlog(server)
+        if first >= index or time.monotonic() > deadline:
+            return first
+        time.sleep(0.1)
+
+
 def _gtid_pos(server: PrivateMariaDB) -> str:
     return str(run_sql(_root(server), "SELECT @@GLOBAL.gtid_binlog_pos")[0][0])
 
@@ -249,8 +273,7 @@ def test_purged_before_archived_is_detected_and_named(
         _flush(binlog_server)
     # The server purges closed files before any archive run copied them (it keeps those its
     # crash recovery still needs, so read what is left).
-    run_sql(_root(binlog_server), f"PURGE BINARY LOGS TO 'binlog.{last + 3:06d}'")
-    first_left = int(str(run_sql(_root(binlog_server), "SHOW BINARY LOGS")[0][0]).split(".")[1])
+    first_left = _purge_to(binlog_server, last + 3)
     assert first_left >= last + 2, "nothing was purged"
     state = _archive(conn, store_name, flush=False)
     assert state.is_failed()
