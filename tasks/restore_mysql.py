@@ -28,6 +28,7 @@ from tasks.drill import format_duration
 from tasks.errors import ConfigurationError, RestoreRefused, StorageError
 from tasks.manifest import BACKUP_ID, BackupManifest
 from tasks.mysql import connect, quote_identifier
+from tasks.restore import database_defaults_sql
 from tasks.storage import ObjectStore
 
 Mode = Literal["new", "replace"]
@@ -217,12 +218,31 @@ def swap_tables(conn: MySQLConnection, live: str, restored: str, keep: str) -> l
     return new
 
 
-def create_database(conn: MySQLConnection, database: str) -> bool:
-    """Create `database` if missing; True when this call created it."""
+def database_defaults(conn: MySQLConnection, database: str) -> tuple[str | None, str | None]:
+    """`database`'s default character set and collation (None, None when it does not exist)."""
     with connect(conn) as connection, connection.cursor() as cur:
         cur.execute(
-            f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)} CHARACTER SET utf8mb4"
+            "SELECT default_character_set_name, default_collation_name"
+            " FROM information_schema.schemata WHERE schema_name = %s",
+            (database,),
         )
+        row = cur.fetchone()
+    return (str(row[0]), str(row[1])) if row else (None, None)
+
+
+def create_database(
+    conn: MySQLConnection,
+    database: str,
+    charset: str | None = None,
+    collation: str | None = None,
+) -> bool:
+    """Create `database` if missing, with `charset`/`collation` (utf8mb4 when not given).
+
+    True when this call created it.
+    """
+    defaults = database_defaults_sql(charset, collation)
+    with connect(conn) as connection, connection.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)} {defaults}")
         return bool(cur.rowcount)
 
 
@@ -377,7 +397,9 @@ def load_copy_task(
     """Dump the replayed database from the throwaway server into the target database."""
     from tasks.pitr_restore import copy_database
 
-    created = create_database(target, target_database)
+    # The target gets the restored database's defaults (the source's, from the manifest), so
+    # tables created on it later match the source as the copied tables do.
+    created = create_database(target, target_database, *database_defaults(source, database))
     try:
         copy_database(source, database, target, target_database)
     except BaseException:

@@ -303,6 +303,14 @@ def test_restore_mysql_to_a_time_into_a_new_database(scenario: Scenario):
     assert not set(must) - set(rows), "rows committed before T missing"
     assert not set(rows) - set(must) - maybe, "rows committed after T present"
     assert all(must[r][0] <= rows[r] <= must[r][1] for r in must)
+    # the new database has the source's default character set and collation (from the manifest)
+    defaults = (
+        "SELECT default_character_set_name, default_collation_name"
+        " FROM information_schema.schemata WHERE schema_name = %s"
+    )
+    assert _sql(scenario.conn, defaults, target_db) == _sql(
+        scenario.conn, defaults, scenario.database
+    )
     assert report.transactions_replayed > 100 and report.point_reached is not None
     assert report.point_reached < to and report.rto is not None
     flow_run_id = state.state_details.flow_run_id
