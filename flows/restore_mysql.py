@@ -21,7 +21,8 @@ from flows.forms import form
 from flows.run_names import run_name
 from tasks.drill import region_try_order
 from tasks.errors import ConfigurationError, RestoreRefused, VibeOpsError
-from tasks.manifest import validate_source_name
+from tasks.form_fields import MARIADB_IDENTIFIER, schema_pattern
+from tasks.manifest import SOURCE_NAME, validate_source_name
 from tasks.pitr_restore import (
     BaseOnServer,
     choose_segments,
@@ -45,12 +46,20 @@ from tasks.restore_mysql import (
 )
 from tasks.storage import open_store
 
+# `latest`, a backup id, or an ISO-8601 time (what parse_restore_to accepts, for the API).
+RESTORE_TO = (
+    r"^\s*(latest|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}|[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ][0-9]{2}(:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?)\s*$"
+)
+
 
 class RestoreMySQLParams(BaseModel):
     """Parameters of restore-mysql (rendered as a form in the Prefect UI)."""
 
     source: str = Field(
-        default="vibebench", description="Logical source name: restores the backups under mysql/{source}/."
+        default="vibebench",
+        description="Logical source name: restores the backups under mysql/{source}/.",
+        json_schema_extra=schema_pattern(SOURCE_NAME),
     )
     store_block: str = Field(
         default="", description="Name of a 'VibeOps Backup Store' block; empty = local folders."
@@ -67,11 +76,13 @@ class RestoreMySQLParams(BaseModel):
         default="",
         description="Database to restore into. Mode 'new': must not exist or be empty. Mode "
         "'replace': the live database whose tables are swapped out (kept under a dated name).",
+        json_schema_extra=schema_pattern(f"^$|{MARIADB_IDENTIFIER}"),
     )
     to: str = Field(
         default="latest",
         description="'latest' (newest archived point), an ISO-8601 time such as "
         "2026-12-02T14:05:00Z (the last transaction before it), or a backup id (that base alone).",
+        json_schema_extra=schema_pattern(RESTORE_TO),
     )
     mode: Literal["new", "replace"] = Field(
         default="new", description="'new' = into a new database; 'replace' = swap a live one."
