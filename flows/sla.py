@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field
 
 from flows.forms import form
 from flows.run_names import run_name
+from tasks.form_fields import schema_pattern
+from tasks.manifest import SOURCE_NAME
 from tasks.sla import SlaMiss, SlaName, render_sla_report
 
 
@@ -22,7 +24,11 @@ class ReportSlaMissedParams(BaseModel):
         min_length=1,
         description="The watched resource, e.g. vibeops.backup.mysql.vibebench.",
     )
-    source: str = Field(default="", description="The source's name, for people.")
+    source: str = Field(
+        default="",
+        description="The source's name, for people; empty = the last part of the resource id.",
+        json_schema_extra=schema_pattern(f"^$|{SOURCE_NAME.pattern}"),
+    )
     window: timedelta = Field(
         gt=timedelta(0), description="How long the expected event may be absent, e.g. PT26H."
     )
