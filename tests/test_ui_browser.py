@@ -248,7 +248,7 @@ def _type(page: Any, title: str, value: str) -> None:
 
 def _new_run(stack: Stack, key: str, before: set[str]) -> str:
     """The run a click created (the UI then shows the deployment's Runs tab)."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # the UI posts the run after its own validation round trips
     while not (created := [r for r in stack.runs_of(key) if r["id"] not in before]):
         assert time.monotonic() < deadline, f"{key}: the click created no run"
         time.sleep(1)
